@@ -1,0 +1,9 @@
+"""The one exception type users see: a message that fits on one line and says what to do."""
+
+
+class JaxstyleError(Exception):
+    """A user-facing error. The CLI prints ``jaxstyle: error: <message>`` and exits non-zero.
+
+    Raise it for every bad input (files, flags, weights) with a message that names the problem and,
+    where there is one, the fix. Never raise it for programming errors.
+    """

@@ -1,0 +1,299 @@
+"""VGG-19's convolutional stack as a Flax module, and the pure `features` function built on it.
+
+The network takes RGB float32 images in [0, 1] and applies the preprocessing its weights were
+trained with (channel order, scale, mean/std: stored with the converted weights), so callers never
+think about it. Only the layers up to the deepest requested one are computed.
+
+Three formulation choices are made for speed and are pinned against the plain formulation by tests:
+  * convolutions carry a custom VJP whose input gradient is an ordinary NHWC/HWIO convolution with
+    the spatially flipped, in/out-swapped kernel. JAX's own transpose rule emits a convolution with
+    kernel layout ``01oi`` plus a reverse, which XLA's CPU backend leaves as a slow generic loop nest
+    when it sits inside a while loop (``lax.scan``/``fori_loop``): its convolution canonicalization
+    only visits the entry computation. `prepare` computes the flipped kernels once, outside loops.
+  * 2x2 pooling is a reshape and a reduction rather than ``reduce_window``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Iterable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+
+# (name, input channels, output channels) of the sixteen 3x3 convolutions, in order.
+CONV_LAYERS: tuple[tuple[str, int, int], ...] = (
+    ("conv1_1", 3, 64), ("conv1_2", 64, 64),
+    ("conv2_1", 64, 128), ("conv2_2", 128, 128),
+    ("conv3_1", 128, 256), ("conv3_2", 256, 256), ("conv3_3", 256, 256), ("conv3_4", 256, 256),
+    ("conv4_1", 256, 512), ("conv4_2", 512, 512), ("conv4_3", 512, 512), ("conv4_4", 512, 512),
+    ("conv5_1", 512, 512), ("conv5_2", 512, 512), ("conv5_3", 512, 512), ("conv5_4", 512, 512),
+)
+CONV_SHAPES: dict[str, tuple[int, int]] = {name: (cin, cout) for name, cin, cout in CONV_LAYERS}
+
+
+def _layer_names() -> tuple[str, ...]:
+    names = []
+    for name, _, _ in CONV_LAYERS:
+        block, index = name[4:].split("_")
+        names += [name, f"relu{block}_{index}"]
+        if name in ("conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"):
+            names.append(f"pool{block}")
+    return tuple(names)
+
+
+# Every addressable layer, in network order: conv1_1, relu1_1, conv1_2, relu1_2, pool1, ..., pool5.
+LAYER_NAMES: tuple[str, ...] = _layer_names()
+POOLINGS = ("max", "avg")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How RGB in [0, 1] becomes the network's input: ``(rgb[, ::-1 if bgr] * scale - mean) / std``.
+
+    ``mean`` and ``std`` are given in the network's channel order and scale.
+    """
+
+    bgr: bool
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def apply(self, images: Array) -> Array:
+        """images: float[..., 3] RGB in [0, 1] -> the network's input, same shape and dtype."""
+        x = images[..., ::-1] if self.bgr else images
+        mean = jnp.asarray(self.mean, images.dtype)
+        std = jnp.asarray(self.std, images.dtype)
+        return (x * self.scale - mean) / std
+
+    def to_dict(self) -> dict:
+        return {"bgr": self.bgr, "scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Preprocessing":
+        return cls(bool(d["bgr"]), float(d["scale"]), tuple(map(float, d["mean"])),
+                   tuple(map(float, d.get("std", (1.0, 1.0, 1.0)))))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class VGG:
+    """A loaded VGG-19: weights (a pytree) plus how to feed it. Pass it to `features`.
+
+    params: ``{"conv1_1": {"kernel": float32[3, 3, Cin, Cout], "bias": float32[Cout]}, ...}``; may
+        hold only a prefix of the sixteen layers (the deepest layer computable is then the last one).
+    grad_kernels: ``{"conv1_1": float32[3, 3, Cout, Cin], ...}`` flipped kernels for the input
+        gradient, made by `prepare` once outside a loop; None computes them inside (fine under a
+        top-level ``jit``; inside ``lax.scan`` prefer `prepare`).
+    """
+
+    params: dict
+    preprocessing: Preprocessing = dataclasses.field(metadata=dict(static=True))
+    pooling: str = dataclasses.field(default="max", metadata=dict(static=True))
+    grad_kernels: dict | None = None
+    source: str = dataclasses.field(default="", metadata=dict(static=True))
+
+    def with_pooling(self, pooling: str) -> "VGG":
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        return dataclasses.replace(self, pooling=pooling)
+
+
+# ----------------------------------------------------------------------------------------------
+# Numerical building blocks.
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv_same(x: Array, kernel: Array) -> Array:
+    return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DIMENSIONS)
+
+
+def flip_kernel(kernel: Array) -> Array:
+    """float[3, 3, Cin, Cout] -> float[3, 3, Cout, Cin]: the kernel whose SAME convolution is the
+    transpose (input gradient) of a SAME convolution with ``kernel``."""
+    return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+
+
+@jax.custom_vjp
+def conv3x3(x: Array, kernel: Array, bias: Array, grad_kernel: Array | None = None) -> Array:
+    """3x3 SAME convolution plus bias. x: float[B, H, W, Cin] -> float[B, H, W, Cout].
+
+    grad_kernel: optional ``flip_kernel(kernel)`` computed once outside a loop (see module doc).
+    Differentiable in x, kernel and bias; gradients equal those of the plain formulation.
+    """
+    return _conv_same(x, kernel) + bias
+
+
+def _conv3x3_fwd(x, kernel, bias, grad_kernel):
+    return conv3x3(x, kernel, bias, grad_kernel), (x, kernel, grad_kernel)
+
+
+def _conv3x3_bwd(residuals, g):
+    x, kernel, grad_kernel = residuals
+    if grad_kernel is None:
+        grad_kernel = flip_kernel(kernel)
+    dx = _conv_same(g, grad_kernel.astype(g.dtype))
+    # Dead code (removed by XLA) unless someone differentiates with respect to the weights.
+    _, kernel_vjp = jax.vjp(lambda k: _conv_same(x, k), kernel)
+    (dkernel,) = kernel_vjp(g)
+    dbias = jnp.sum(g, axis=tuple(range(g.ndim - 1))).astype(kernel.dtype)
+    d_grad_kernel = None if grad_kernel is None else jnp.zeros_like(grad_kernel)
+    return dx, dkernel, dbias, d_grad_kernel
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def pool2x2(x: Array, pooling: str = "max") -> Array:
+    """2x2 stride-2 pooling (floor on odd sizes, like torch and Keras). float[B, H, W, C] ->
+    float[B, H//2, W//2, C]. Reshape-based: faster to differentiate on CPU than reduce_window."""
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+    return x.max(axis=(2, 4)) if pooling == "max" else x.mean(axis=(2, 4))
+
+
+# ----------------------------------------------------------------------------------------------
+# The Flax module.
+
+
+class Conv3x3(nn.Module):
+    """One VGG convolution (3x3, SAME, bias). Params: ``kernel`` float32[3, 3, Cin, Cout], ``bias``."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", nn.initializers.he_normal(), (3, 3, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        grad_kernel = None
+        if self.has_variable("grad_kernels", "kernel"):
+            grad_kernel = self.get_variable("grad_kernels", "kernel")
+        if self.dtype != jnp.float32:
+            kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
+            grad_kernel = None if grad_kernel is None else grad_kernel.astype(self.dtype)
+        return conv3x3(x.astype(self.dtype), kernel, bias, grad_kernel)
+
+
+class VGG19(nn.Module):
+    """VGG-19 features, NHWC, on already-preprocessed input.
+
+    Returns ``{name: activation}`` for ``outputs`` (names from `LAYER_NAMES`) and computes nothing
+    past the deepest of them.
+    """
+
+    outputs: tuple[str, ...]
+    pooling: str = "max"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> dict[str, Array]:
+        last = max(LAYER_NAMES.index(name) for name in self.outputs)
+        wanted = set(self.outputs)
+        result = {}
+        for name in LAYER_NAMES[: last + 1]:
+            if name.startswith("conv"):
+                x = Conv3x3(CONV_SHAPES[name][1], dtype=self.dtype, name=name)(x)
+            elif name.startswith("relu"):
+                x = nn.relu(x)
+            else:
+                x = pool2x2(x, self.pooling)
+            if name in wanted:
+                result[name] = x
+        return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functions.
+
+
+def check_layers(layers: Iterable[str], vgg: VGG | None = None) -> tuple[str, ...]:
+    """Validates layer names (and that ``vgg`` has their weights); returns them in network order."""
+    layers = tuple(dict.fromkeys(layers))
+    if not layers:
+        raise ValueError("no layers requested")
+    unknown = [name for name in layers if name not in LAYER_NAMES]
+    if unknown:
+        raise ValueError(f"unknown VGG-19 layer {unknown[0]!r}: use names like conv4_2, relu4_2, pool3"
+                         f" (conv1_1 ... relu5_4, pool1 ... pool5)")
+    ordered = tuple(sorted(layers, key=LAYER_NAMES.index))
+    if vgg is not None:
+        deepest = ordered[-1]
+        needed = [n for n in LAYER_NAMES[: LAYER_NAMES.index(deepest) + 1] if n.startswith("conv")]
+        missing = [n for n in needed if n not in vgg.params]
+        if missing:
+            raise ValueError(f"layer {deepest!r} needs weights for {missing[0]}, which these weights lack")
+    return ordered
+
+
+def features(vgg: VGG, images: Array, layers: Iterable[str], dtype: jnp.dtype = jnp.float32
+             ) -> dict[str, Array]:
+    """Activations of ``images`` at ``layers``.
+
+    Args:
+      vgg: from `load` (optionally `prepare`d).
+      images: float32[B, H, W, 3] RGB in [0, 1], H, W >= 16.
+      layers: names from `LAYER_NAMES`, e.g. ``("relu4_2", "relu1_1")``.
+      dtype: compute dtype of the convolutions (float32, or bfloat16 for speed on hardware with it).
+
+    Returns:
+      ``{name: float[B, h, w, C]}`` in ``dtype``. Pure: safe under ``jit``, ``grad`` (w.r.t. images
+      or weights) and ``vmap``.
+    """
+    layers = check_layers(layers, vgg)
+    variables = {"params": vgg.params}
+    if vgg.grad_kernels is not None:
+        variables["grad_kernels"] = {name: {"kernel": k} for name, k in vgg.grad_kernels.items()}
+    module = VGG19(outputs=layers, pooling=vgg.pooling, dtype=dtype)
+    return module.apply(variables, vgg.preprocessing.apply(images))
+
+
+def prepare(vgg: VGG) -> VGG:
+    """Adds the flipped input-gradient kernels. Call outside ``lax.scan``/``fori_loop`` bodies (e.g.
+    at the top of the jitted function that runs the loop) so that XLA sees loop-invariant kernels."""
+    grad_kernels = {name: flip_kernel(p["kernel"]) for name, p in vgg.params.items()}
+    return dataclasses.replace(vgg, grad_kernels=grad_kernels)
+
+
+def init(key: Array, preprocessing: Preprocessing, last_layer: str = "relu5_1",
+         pooling: str = "max") -> VGG:
+    """Randomly initialised weights (He normal): for tests and benchmarks, where speed does not
+    depend on the values."""
+    module = VGG19(outputs=(last_layer,), pooling=pooling)
+    params = module.init(key, jnp.zeros((1, 16, 16, 3)))["params"]
+    return VGG(params=jax.tree.map(np.asarray, dict(params)), preprocessing=preprocessing,
+               pooling=pooling, source="random")
+
+
+def load(path: str | os.PathLike, source: str | None = None, pooling: str = "max") -> VGG:
+    """The network from a converted ``.safetensors`` file, or from any supported source file
+    (Keras ``.h5``, torchvision or caffe ``.pth``), converted in memory.
+
+    Raises `jaxstyle.errors.JaxstyleError` with a one-line message for a missing or bad file.
+    """
+    from jaxstyle import weights  # I/O lives there; imported here to keep this module numerical.
+
+    loaded = weights.read(path, source=source)
+    params = {name: {"kernel": jnp.asarray(k), "bias": jnp.asarray(b)}
+              for name, (k, b) in loaded.layers.items()}
+    return VGG(params=params, preprocessing=loaded.preprocessing, source=loaded.source).with_pooling(pooling)
+
+
+@functools.lru_cache(maxsize=None)
+def output_shape(layer: str, height: int, width: int) -> tuple[int, int, int]:
+    """(h, w, C) of ``layer``'s activation for an HxW input."""
+    h, w = height, width
+    for name in LAYER_NAMES[: LAYER_NAMES.index(layer) + 1]:
+        if name.startswith("pool"):
+            h, w = h // 2, w // 2
+        elif name.startswith("conv"):
+            c = CONV_SHAPES[name][1]
+    return h, w, c
