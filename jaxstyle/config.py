@@ -1,0 +1,155 @@
+"""The one configuration of a style-transfer run: a frozen dataclass with documented defaults.
+
+Defaults reproduce jcjohnson/neural-style (content relu4_2; style relu1_1 … relu5_1; content weight
+5, style weight 100, TV 1e-3; L-BFGS; 1000 iterations; 512 px long side). Those weights are on the
+scale of caffe-convention VGG weights (the default Keras file, or the caffe .pth); torchvision
+weights see inputs ~1/1000 as large, so their features and losses are far smaller: raise the content
+and style weights (e.g. 1e4 and 1e9) when using them.
+
+The CLI maps its flags one to one onto these fields (``--content-weight`` → ``content_weight``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from jaxstyle import vgg19
+
+OPTIMIZERS = ("lbfgs", "adam")
+INITS = ("content", "noise", "style", "image")
+NORMALIZATIONS = ("neural-style", "gatys")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that decides the result of a run.
+
+    Loss:
+      content_layers: VGG-19 layers whose activations are matched to the content image's.
+      style_layers: layers whose Gram matrices are matched to the style images'.
+      content_layer_weights / style_layer_weights: one weight per layer (None: 1.0 each).
+      content_weight, style_weight, tv_weight: weights of the three terms.
+      style_blend_weights: one per style image (None: equal); normalized to sum to 1. The target
+        Gram of a layer is the blend of the styles' Grams, as in neural-style.
+      normalization: "neural-style": Gram / (C·H·W), mean-squared-error content and style terms,
+        TV = ½·Σ(255·Δx)² (neural-style's pixel scale). "gatys": Gram unnormalized, style term
+        Σ(G−A)² / (4·C²·(H·W)²), content term ½·Σ(F−P)², same TV. (Gatys et al. 2016, eqs. 1–5.)
+    Optimization:
+      optimizer: "lbfgs" (history ``lbfgs_memory``, no line search, first step capped at unit
+        gradient norm, like torch.optim.LBFGS in neural-style) or "adam" (``learning_rate``).
+      learning_rate: Adam's step in [0, 1] pixel units (neural-style's 10 on its 0–255 scale ≈ 0.04).
+        L-BFGS scales its step by it too (1.0: the quasi-Newton step).
+      num_iterations: optimizer steps per scale. One step is one loss+gradient evaluation.
+      The image is kept in [0, 1] by projection: every step's result is clipped to the box.
+    Images:
+      image_size: long side of the output in pixels (the content image is resized to it).
+      scales: coarse-to-fine long sides, e.g. (256, 512, 1024): optimize at each in turn, starting
+        from the previous result upsampled. None: just ``image_size``.
+      style_scale: style images are resized to ``style_scale × image_size`` on their long side.
+      init: "content", "noise" (uniform, from ``seed``), "style" (the first style image resized to
+        the content's size) or "image" (``init_image``, resized likewise).
+      original_colors: keep the content image's colours (luminance transfer, as neural-style).
+    Network:
+      pooling: "max" or "avg" (Gatys et al. prefer average pooling).
+      compute_dtype: "float32", or "bfloat16" for convolutions on hardware with it (Grams, losses,
+        the image and optimizer state stay float32).
+    """
+
+    content_layers: tuple[str, ...] = ("relu4_2",)
+    style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    content_layer_weights: tuple[float, ...] | None = None
+    style_layer_weights: tuple[float, ...] | None = None
+    content_weight: float = 5.0
+    style_weight: float = 100.0
+    tv_weight: float = 1e-3
+    style_blend_weights: tuple[float, ...] | None = None
+    normalization: str = "neural-style"
+
+    optimizer: str = "lbfgs"
+    learning_rate: float | None = None
+    lbfgs_memory: int = 100
+    num_iterations: int = 1000
+
+    image_size: int = 512
+    scales: tuple[int, ...] | None = None
+    style_scale: float = 1.0
+    init: str = "content"
+    init_image: str | None = None
+    seed: int = 0
+    original_colors: bool = False
+
+    pooling: str = "max"
+    compute_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def step_size(self) -> float:
+        """The optimizer's learning rate: ``learning_rate`` or the optimizer's default."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1.0 if self.optimizer == "lbfgs" else 0.04
+
+    @property
+    def all_scales(self) -> tuple[int, ...]:
+        return self.scales if self.scales else (self.image_size,)
+
+    def blend_weights(self, num_styles: int) -> tuple[float, ...]:
+        """Normalized blend weights for ``num_styles`` style images."""
+        weights = self.style_blend_weights or (1.0,) * num_styles
+        if len(weights) != num_styles:
+            raise ValueError(f"{len(weights)} style blend weights given for {num_styles} style images;"
+                             " give one per style image")
+        total = sum(weights)
+        return tuple(w / total for w in weights)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_layer_weights(kind: str, layers: tuple[str, ...], weights: tuple[float, ...] | None) -> None:
+    if weights is None:
+        return
+    if len(weights) != len(layers):
+        raise ValueError(f"{len(weights)} {kind} layer weights given for {len(layers)} {kind} layers;"
+                         " give one per layer")
+    if any(w < 0 for w in weights):
+        raise ValueError(f"{kind} layer weights must be >= 0")
+
+
+def validate(cfg: Config) -> None:
+    """Raises ValueError with a one-line message for the first invalid field."""
+    vgg19.check_layers(cfg.content_layers)
+    vgg19.check_layers(cfg.style_layers)
+    _check_layer_weights("content", cfg.content_layers, cfg.content_layer_weights)
+    _check_layer_weights("style", cfg.style_layers, cfg.style_layer_weights)
+    for name in ("content_weight", "style_weight", "tv_weight"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name.replace('_', ' ')} must be >= 0; got {getattr(cfg, name)}")
+    if cfg.style_blend_weights is not None and (
+            any(w < 0 for w in cfg.style_blend_weights) or sum(cfg.style_blend_weights) <= 0):
+        raise ValueError("style blend weights must be >= 0 with a positive sum")
+    _check_choice("normalization", cfg.normalization, NORMALIZATIONS)
+    _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    _check_choice("init", cfg.init, INITS)
+    _check_choice("pooling", cfg.pooling, vgg19.POOLINGS)
+    _check_choice("compute dtype", cfg.compute_dtype, DTYPES)
+    if cfg.init == "image" and not cfg.init_image:
+        raise ValueError("init 'image' needs an init image: pass --init-image FILE")
+    if cfg.learning_rate is not None and not cfg.learning_rate > 0:
+        raise ValueError(f"learning rate must be > 0; got {cfg.learning_rate}")
+    if cfg.lbfgs_memory < 1:
+        raise ValueError(f"L-BFGS memory must be >= 1; got {cfg.lbfgs_memory}")
+    if cfg.num_iterations < 1:
+        raise ValueError(f"number of iterations must be >= 1; got {cfg.num_iterations}")
+    if cfg.image_size < 16:
+        raise ValueError(f"image size must be >= 16 pixels (VGG-19 needs it); got {cfg.image_size}")
+    if cfg.scales is not None and (not cfg.scales or min(cfg.scales) < 16):
+        raise ValueError(f"every scale must be >= 16 pixels; got {cfg.scales}")
+    if not cfg.style_scale > 0:
+        raise ValueError(f"style scale must be > 0; got {cfg.style_scale}")

@@ -1,0 +1,216 @@
+"""Style-transfer losses: pure functions on arrays, safe under ``jit``, ``grad`` and ``vmap``.
+
+Building blocks (`gram_matrix`, `content_loss`, `style_loss`, `total_variation`) return one value
+per image (``float32[B]``) so batches of independent images stay independent. `LossSpec` carries the
+layer names (static) and weights (runtime arrays: changing them does not recompile); `targets`
+computes the content features and blended style Grams once; `total_loss` puts them together.
+
+Two normalizations, side by side (C channels, N = H·W positions, F: float[B, N, C] features):
+
+=============  ==================================  =====================================
+term           "neural-style" (jcjohnson, default)  "gatys" (Gatys et al. 2016)
+=============  ==================================  =====================================
+Gram           FᵀF / (C·N)                         FᵀF
+style layer    mean((G − A)²) over C²               Σ(G − A)² / (4·C²·N²)
+content layer  mean((F − P)²) over N·C              ½·Σ(F − P)²
+=============  ==================================  =====================================
+
+Total variation is ½·Σ(255·Δx)² over horizontal and vertical neighbours (neural-style's TV on its
+0–255 pixel scale), for both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxstyle import vgg19
+from jaxstyle.config import Config
+
+Array = jax.Array
+
+
+# ----------------------------------------------------------------------------------------------
+# Gram matrix: custom VJP. The plain backward goes through two matmuls and a transpose; this one is
+# one matmul, F·(dG + dGᵀ)/k, which halves the Gram share of a CPU step.
+
+
+def _gram_unscaled(features: Array) -> Array:
+    b, h, w, c = features.shape
+    f = features.reshape(b, h * w, c)
+    return jnp.einsum("bnc,bnd->bcd", f, f, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _gram(features: Array, scale: float) -> Array:
+    return _gram_unscaled(features) * scale
+
+
+def _gram_fwd(features, scale):
+    return _gram(features, scale), features
+
+
+def _gram_bwd(scale, features, g):
+    b, h, w, c = features.shape
+    f = features.reshape(b, h * w, c)
+    sym = ((g + jnp.swapaxes(g, 1, 2)) * scale).astype(features.dtype)
+    df = jnp.einsum("bnc,bcd->bnd", f, sym, preferred_element_type=jnp.float32)
+    return (df.reshape(features.shape).astype(features.dtype),)
+
+
+_gram.defvjp(_gram_fwd, _gram_bwd)
+
+
+def gram_matrix(features: Array, normalize: bool = True) -> Array:
+    """Gram matrices of feature maps.
+
+    Args:
+      features: float[B, H, W, C] (any float dtype; accumulated in float32).
+      normalize: divide by H·W·C (jcjohnson/neural-style, the PyTorch tutorial). False gives the
+        raw FᵀF of Gatys et al.
+
+    Returns:
+      float32[B, C, C].
+    """
+    _, h, w, c = features.shape
+    return _gram(features, 1.0 / (h * w * c) if normalize else 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-image terms: each returns float32[B].
+
+
+def _sum_per_image(x: Array) -> Array:
+    return jnp.sum(x.reshape(x.shape[0], -1), axis=1)
+
+
+def content_loss(features: Array, target: Array, normalization: str = "neural-style") -> Array:
+    """features: float[B, H, W, C]; target: float[B or 1, H, W, C] -> float32[B]."""
+    diff = features.astype(jnp.float32) - target.astype(jnp.float32)
+    sq = _sum_per_image(jnp.broadcast_to(diff * diff, diff.shape))
+    if normalization == "gatys":
+        return 0.5 * sq
+    return sq / (diff[0].size)
+
+
+def style_loss(features: Array, target_gram: Array, normalization: str = "neural-style") -> Array:
+    """features: float[B, H, W, C]; target_gram: float32[B or 1, C, C] (made with the same
+    normalization) -> float32[B]."""
+    _, h, w, c = features.shape
+    gram = gram_matrix(features, normalize=normalization != "gatys")
+    diff = gram - target_gram
+    sq = _sum_per_image(diff * diff)
+    if normalization == "gatys":
+        return sq / (4.0 * c**2 * (h * w) ** 2)
+    return sq / (c * c)
+
+
+def total_variation(images: Array) -> Array:
+    """images: float32[B, H, W, 3] in [0, 1] -> float32[B]: ½·Σ(255·Δx)² over both directions."""
+    dy = images[:, 1:, :, :] - images[:, :-1, :, :]
+    dx = images[:, :, 1:, :] - images[:, :, :-1, :]
+    return 0.5 * 255.0**2 * (_sum_per_image(dy * dy) + _sum_per_image(dx * dx))
+
+
+# ----------------------------------------------------------------------------------------------
+# The assembled loss.
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """What to compute (static) and with which weights (runtime arrays).
+
+    content_weights: float32[len(content_layers)], already multiplied by the content weight.
+    style_weights: float32[len(style_layers)], already multiplied by the style weight.
+    tv_weight: float32[].
+    """
+
+    content_layers: tuple[str, ...] = dataclasses.field(metadata=dict(static=True))
+    style_layers: tuple[str, ...] = dataclasses.field(metadata=dict(static=True))
+    normalization: str = dataclasses.field(metadata=dict(static=True))
+    content_weights: Array
+    style_weights: Array
+    tv_weight: Array
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "LossSpec":
+        content = cfg.content_layer_weights or (1.0,) * len(cfg.content_layers)
+        style = cfg.style_layer_weights or (1.0,) * len(cfg.style_layers)
+        return cls(
+            content_layers=tuple(cfg.content_layers), style_layers=tuple(cfg.style_layers),
+            normalization=cfg.normalization,
+            content_weights=cfg.content_weight * jnp.asarray(content, jnp.float32),
+            style_weights=cfg.style_weight * jnp.asarray(style, jnp.float32),
+            tv_weight=jnp.asarray(cfg.tv_weight, jnp.float32),
+        )
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.content_layers + self.style_layers))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    """content: {layer: float32[B or 1, h, w, C]}; style: {layer: float32[1, C, C]} (blended)."""
+
+    content: dict
+    style: dict
+
+
+def style_grams(vgg: vgg19.VGG, style_image: Array, spec: LossSpec, dtype=jnp.float32) -> dict:
+    """style_image: float32[1, H, W, 3] -> {layer: float32[1, C, C]} with ``spec``'s normalization."""
+    feats = vgg19.features(vgg, style_image, spec.style_layers, dtype=dtype)
+    normalize = spec.normalization != "gatys"
+    return {name: gram_matrix(feats[name], normalize=normalize) for name in spec.style_layers}
+
+
+def targets(vgg: vgg19.VGG, content_images: Array, style_images: Sequence[Array],
+            blend_weights: Sequence[float], spec: LossSpec, dtype=jnp.float32) -> Targets:
+    """The loss targets, computed once.
+
+    Args:
+      content_images: float32[B, H, W, 3] in [0, 1].
+      style_images: one float32[1, Hs, Ws, 3] per style (sizes may differ).
+      blend_weights: one per style, summing to 1.
+
+    Returns:
+      `Targets` with the content features and the blend of the styles' Grams.
+    """
+    content = vgg19.features(vgg, content_images, spec.content_layers, dtype=dtype)
+    content = {k: v.astype(jnp.float32) for k, v in content.items()}
+    grams = [style_grams(vgg, image, spec, dtype) for image in style_images]
+    style = {name: sum(w * g[name] for w, g in zip(blend_weights, grams)) for name in spec.style_layers}
+    return Targets(content=content, style=style)
+
+
+def loss_terms(features: dict[str, Array], images: Array, targets: Targets, spec: LossSpec
+               ) -> dict[str, Array]:
+    """The weighted terms, each float32[B]: ``content``, ``style`` and ``tv``.
+
+    features: `vgg19.features` of ``images`` at ``spec.layers``; images: float32[B, H, W, 3].
+    """
+    content = sum(spec.content_weights[i] * content_loss(features[name], targets.content[name],
+                                                         spec.normalization)
+                  for i, name in enumerate(spec.content_layers))
+    style = sum(spec.style_weights[i] * style_loss(features[name], targets.style[name],
+                                                   spec.normalization)
+                for i, name in enumerate(spec.style_layers))
+    tv = spec.tv_weight * total_variation(images)
+    return {"content": content, "style": style, "tv": tv}
+
+
+def total_loss(vgg: vgg19.VGG, images: Array, targets: Targets, spec: LossSpec,
+               dtype=jnp.float32) -> tuple[Array, dict[str, Array]]:
+    """The objective: (float32[] summed over the batch, {term: float32[B]}).
+
+    Independent images stay independent: the gradient of the sum is each image's own gradient.
+    """
+    feats = vgg19.features(vgg, images, spec.layers, dtype=dtype)
+    terms = loss_terms(feats, images, targets, spec)
+    return sum(jnp.sum(t) for t in terms.values()), terms

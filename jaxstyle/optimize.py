@@ -1,0 +1,232 @@
+"""Optimizing the image: optax Adam or L-BFGS, steps run as compiled loops.
+
+`run_steps` is one jitted function per problem shape: a ``lax.fori_loop`` whose trip count is a
+runtime value, so running 10 or 1000 steps, changing loss weights or images never recompiles. The
+Python driver `run` calls it in chunks so that a progress bar (or a snapshot, or Ctrl-C) can act
+between chunks; nothing crosses to the host inside a chunk.
+
+The image is kept in the box [0, 1] by projection: each step's result is clipped. For L-BFGS the
+curvature pairs are then taken between projected iterates (s = x₊ − x), which is the usual
+projected quasi-Newton heuristic; pairs without positive curvature are not stored (like
+torch.optim.LBFGS), so the inverse-Hessian estimate stays positive definite.
+
+A step whose loss or gradient is not finite is not applied: the state keeps the last image whose
+loss was finite and raises ``diverged``, after which the remaining steps of the chunk do nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from jaxstyle import losses, vgg19
+from jaxstyle.config import Config
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """The optimizer, hashable so that it can be a static argument of a jitted function.
+
+    name: "adam" or "lbfgs"; learning_rate: Adam's step, or L-BFGS's scale on the quasi-Newton step;
+    memory: L-BFGS history length.
+    """
+
+    name: str = "lbfgs"
+    learning_rate: float = 1.0
+    memory: int = 100
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Method":
+        return cls(cfg.optimizer, cfg.step_size, cfg.lbfgs_memory)
+
+    def transformation(self) -> optax.GradientTransformation:
+        if self.name == "adam":
+            return optax.adam(self.learning_rate)
+        return optax.chain(scale_by_lbfgs(self.memory), optax.scale(-self.learning_rate))
+
+
+class LBFGSState(NamedTuple):
+    """History of one L-BFGS problem. s, y: float32[memory, *shape] ring buffers; rho: float32[memory]
+    (1/sᵀy); stored: pairs stored so far (the newest is at ``(stored - 1) % memory``); gamma: the
+    scale of the initial inverse Hessian, sᵀy/yᵀy of the newest pair; previous_*: the last point."""
+
+    s: Array
+    y: Array
+    rho: Array
+    stored: Array
+    gamma: Array
+    count: Array
+    previous_params: Array
+    previous_grad: Array
+
+
+def scale_by_lbfgs(memory_size: int = 100) -> optax.GradientTransformation:
+    """The L-BFGS direction H·g (to be scaled by −lr), for a single array parameter.
+
+    Unlike `optax.scale_by_lbfgs` (meant to sit before a line search), a curvature pair is stored
+    only when sᵀy > 0: without a line search, which is what makes L-BFGS cheap here (one
+    evaluation per step, as torch.optim.LBFGS runs in neural-style), a pair with sᵀy <= 0 would
+    make the direction ascend. The first step is the gradient scaled to unit L1 norm at most, as
+    torch does, so a large loss scale cannot throw the image out of range on step one.
+    """
+
+    def init(params: Array) -> LBFGSState:
+        mem = jnp.zeros((memory_size,) + params.shape, params.dtype)
+        zero = jnp.zeros((), jnp.int32)
+        return LBFGSState(mem, mem, jnp.zeros((memory_size,), jnp.float32), zero,
+                          jnp.ones((), jnp.float32), zero, jnp.zeros_like(params),
+                          jnp.zeros_like(params))
+
+    def update(grad: Array, state: LBFGSState, params: Array):
+        s = params - state.previous_params
+        y = grad - state.previous_grad
+        sy = jnp.vdot(s, y)
+        accept = (state.count > 0) & (sy > 1e-10)
+        slot = state.stored % memory_size
+        store = lambda mem, new: jnp.where(accept, mem.at[slot].set(new), mem)  # noqa: E731
+        new = LBFGSState(
+            s=store(state.s, s), y=store(state.y, y),
+            rho=store(state.rho, 1.0 / jnp.where(accept, sy, 1.0)),
+            stored=state.stored + accept.astype(jnp.int32),
+            gamma=jnp.where(accept, sy / jnp.vdot(y, y), state.gamma),
+            count=state.count + 1, previous_params=params, previous_grad=grad)
+        direction = _two_loop(grad, new, memory_size)
+        first_step = grad * jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(grad)))
+        return jnp.where(new.stored > 0, direction, first_step), new
+
+    return optax.GradientTransformation(init, update)
+
+
+def _two_loop(grad: Array, state: LBFGSState, memory_size: int) -> Array:
+    """H·grad by the two-loop recursion over the stored pairs (Nocedal & Wright, Alg. 7.4)."""
+    valid = jnp.minimum(state.stored, memory_size)
+
+    def newest_first(j, carry):
+        q, alpha = carry
+        i = (state.stored - 1 - j) % memory_size
+        a = state.rho[i] * jnp.vdot(state.s[i], q)
+        return q - a * state.y[i], alpha.at[i].set(a)
+
+    # Trip counts are the number of stored pairs (a runtime value): no work on empty slots.
+    q, alpha = lax.fori_loop(0, valid, newest_first,
+                             (grad, jnp.zeros((memory_size,), grad.dtype)))
+    r = state.gamma * q
+
+    def oldest_first(j, r):
+        i = (state.stored - valid + j) % memory_size
+        b = state.rho[i] * jnp.vdot(state.y[i], r)
+        return r + (alpha[i] - b) * state.s[i]
+
+    return lax.fori_loop(0, valid, oldest_first, r)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    """The optimization state of one problem (a pytree; pass in, get back).
+
+    image: float32[B, H, W, 3] in [0, 1], the current iterate (the last finite one if diverged).
+    opt_state: the optax state. step: int32[] steps applied. loss: float32[] and terms
+    ({content, style, tv}: float32[B}) at the image before the last step. diverged: bool[].
+    """
+
+    image: Array
+    opt_state: optax.OptState
+    step: Array
+    loss: Array
+    terms: dict
+    diverged: Array
+
+
+def init_state(image: Array, method: Method) -> RunState:
+    """image: float32[B, H, W, 3] in [0, 1]."""
+    image = jnp.clip(jnp.asarray(image, jnp.float32), 0.0, 1.0)
+    batch = image.shape[0]
+    zeros = jnp.zeros((batch,), jnp.float32)
+    state = RunState(image=image, opt_state=method.transformation().init(image),
+                     step=jnp.zeros((), jnp.int32), loss=jnp.asarray(jnp.nan, jnp.float32),
+                     terms={"content": zeros, "style": zeros, "tv": zeros},
+                     diverged=jnp.zeros((), bool))
+    # `run_steps` donates the state: every leaf needs a buffer of its own.
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+
+
+def _all_finite(tree) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.LossSpec,
+         method: Method, dtype=jnp.float32) -> RunState:
+    """One loss+gradient evaluation and one optimizer update (projected onto [0, 1])."""
+    objective = functools.partial(losses.total_loss, vgg, targets=targets, spec=spec, dtype=dtype)
+    (loss, terms), grad = jax.value_and_grad(objective, has_aux=True)(state.image)
+    updates, opt_state = method.transformation().update(grad, state.opt_state, state.image)
+    image = jnp.clip(state.image + updates, 0.0, 1.0)
+    apply = ~state.diverged & jnp.isfinite(loss) & _all_finite(grad) & _all_finite(image)
+    keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
+    return RunState(
+        image=keep(image, state.image),
+        opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+        step=state.step + apply.astype(jnp.int32),
+        loss=keep(loss, state.loss),
+        terms=jax.tree.map(keep, terms, state.terms),
+        diverged=~apply,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("method", "dtype"), donate_argnames=("state",))
+def run_steps(state: RunState, num_steps: Array | int, vgg: vgg19.VGG, targets: losses.Targets,
+              spec: losses.LossSpec, method: Method, dtype: str = "float32") -> RunState:
+    """``num_steps`` optimizer steps, compiled once per shape (``num_steps`` is a runtime value)."""
+    vgg = vgg19.prepare(vgg)  # flipped kernels computed here, outside the loop body
+    body = lambda _, s: step(s, vgg, targets, spec, method, jnp.dtype(dtype))  # noqa: E731
+    return lax.fori_loop(0, jnp.asarray(num_steps, jnp.int32), body, state)
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def loss_and_grad(image: Array, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.LossSpec,
+                  dtype: str = "float32") -> tuple[tuple[Array, dict], Array]:
+    """((loss, terms), gradient) at ``image``: float32[B, H, W, 3]. For benchmarks and checks."""
+    objective = functools.partial(losses.total_loss, vgg, targets=targets, spec=spec,
+                                  dtype=jnp.dtype(dtype))
+    return jax.value_and_grad(objective, has_aux=True)(image)
+
+
+def chunk_boundaries(num_iterations: int, every: tuple[int, ...], max_chunk: int = 50) -> list[int]:
+    """Iteration counts after which the driver returns to Python: every multiple of each of ``every``
+    (progress, snapshots), at most ``max_chunk`` apart, and the last iteration."""
+    marks = {num_iterations}
+    for k in every:
+        if k and k > 0:
+            marks.update(range(k, num_iterations, k))
+    marks.update(range(max_chunk, num_iterations, max_chunk))
+    return sorted(marks)
+
+
+def run(state: RunState, num_iterations: int, vgg: vgg19.VGG, targets: losses.Targets,
+        spec: losses.LossSpec, method: Method, dtype: str = "float32",
+        every: tuple[int, ...] = (), on_chunk: Callable[[RunState, int], None] | None = None
+        ) -> RunState:
+    """Runs ``num_iterations`` steps from ``state`` in compiled chunks.
+
+    on_chunk(state, iterations_done) is called after each chunk (chunk ends: see
+    `chunk_boundaries`); it may block on the state (a progress bar reads the loss). Stops early when
+    the loss diverges. Returns the last state.
+    """
+    done = 0
+    for mark in chunk_boundaries(num_iterations, every):
+        state = run_steps(state, mark - done, vgg, targets, spec, method, dtype)
+        done = mark
+        if on_chunk is not None:
+            on_chunk(state, done)
+        if bool(state.diverged):
+            break
+    return state
