@@ -15,6 +15,7 @@ import dataclasses
 from typing import Sequence
 
 from jaxstyle import vgg19
+from jaxstyle.errors import ConfigError
 
 OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "style", "image")
@@ -101,7 +102,7 @@ class Config:
         """Normalized blend weights for ``num_styles`` style images."""
         weights = self.style_blend_weights or (1.0,) * num_styles
         if len(weights) != num_styles:
-            raise ValueError(f"{len(weights)} style blend weights given for {num_styles} style images;"
+            raise ConfigError(f"{len(weights)} style blend weights given for {num_styles} style images;"
                              " give one per style image")
         total = sum(weights)
         return tuple(w / total for w in weights)
@@ -109,47 +110,47 @@ class Config:
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _check_layer_weights(kind: str, layers: tuple[str, ...], weights: tuple[float, ...] | None) -> None:
     if weights is None:
         return
     if len(weights) != len(layers):
-        raise ValueError(f"{len(weights)} {kind} layer weights given for {len(layers)} {kind} layers;"
+        raise ConfigError(f"{len(weights)} {kind} layer weights given for {len(layers)} {kind} layers;"
                          " give one per layer")
     if any(w < 0 for w in weights):
-        raise ValueError(f"{kind} layer weights must be >= 0")
+        raise ConfigError(f"{kind} layer weights must be >= 0")
 
 
 def validate(cfg: Config) -> None:
-    """Raises ValueError with a one-line message for the first invalid field."""
+    """Raises ConfigError (a ValueError) with a one-line message for the first invalid field."""
     vgg19.check_layers(cfg.content_layers)
     vgg19.check_layers(cfg.style_layers)
     _check_layer_weights("content", cfg.content_layers, cfg.content_layer_weights)
     _check_layer_weights("style", cfg.style_layers, cfg.style_layer_weights)
     for name in ("content_weight", "style_weight", "tv_weight"):
         if getattr(cfg, name) < 0:
-            raise ValueError(f"{name.replace('_', ' ')} must be >= 0; got {getattr(cfg, name)}")
+            raise ConfigError(f"{name.replace('_', ' ')} must be >= 0; got {getattr(cfg, name)}")
     if cfg.style_blend_weights is not None and (
             any(w < 0 for w in cfg.style_blend_weights) or sum(cfg.style_blend_weights) <= 0):
-        raise ValueError("style blend weights must be >= 0 with a positive sum")
+        raise ConfigError("style blend weights must be >= 0 with a positive sum")
     _check_choice("normalization", cfg.normalization, NORMALIZATIONS)
     _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _check_choice("init", cfg.init, INITS)
     _check_choice("pooling", cfg.pooling, vgg19.POOLINGS)
     _check_choice("compute dtype", cfg.compute_dtype, DTYPES)
     if cfg.init == "image" and not cfg.init_image:
-        raise ValueError("init 'image' needs an init image: pass --init-image FILE")
+        raise ConfigError("init 'image' needs an init image: pass --init-image FILE")
     if cfg.learning_rate is not None and not cfg.learning_rate > 0:
-        raise ValueError(f"learning rate must be > 0; got {cfg.learning_rate}")
+        raise ConfigError(f"learning rate must be > 0; got {cfg.learning_rate}")
     if cfg.lbfgs_memory < 1:
-        raise ValueError(f"L-BFGS memory must be >= 1; got {cfg.lbfgs_memory}")
+        raise ConfigError(f"L-BFGS memory must be >= 1; got {cfg.lbfgs_memory}")
     if cfg.num_iterations < 1:
-        raise ValueError(f"number of iterations must be >= 1; got {cfg.num_iterations}")
+        raise ConfigError(f"number of iterations must be >= 1; got {cfg.num_iterations}")
     if cfg.image_size < 16:
-        raise ValueError(f"image size must be >= 16 pixels (VGG-19 needs it); got {cfg.image_size}")
+        raise ConfigError(f"image size must be >= 16 pixels (VGG-19 needs it); got {cfg.image_size}")
     if cfg.scales is not None and (not cfg.scales or min(cfg.scales) < 16):
-        raise ValueError(f"every scale must be >= 16 pixels; got {cfg.scales}")
+        raise ConfigError(f"every scale must be >= 16 pixels; got {cfg.scales}")
     if not cfg.style_scale > 0:
-        raise ValueError(f"style scale must be > 0; got {cfg.style_scale}")
+        raise ConfigError(f"style scale must be > 0; got {cfg.style_scale}")

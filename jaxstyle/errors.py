@@ -7,3 +7,8 @@ class JaxstyleError(Exception):
     Raise it for every bad input (files, flags, weights) with a message that names the problem and,
     where there is one, the fix. Never raise it for programming errors.
     """
+
+
+class ConfigError(JaxstyleError, ValueError):
+    """An invalid setting (a layer name, a weight, a size): a ValueError for library callers, a
+    one-line error for CLI users."""

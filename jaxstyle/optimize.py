@@ -131,11 +131,14 @@ def _two_loop(grad: Array, state: LBFGSState, memory_size: int) -> Array:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class RunState:
-    """The optimization state of one problem (a pytree; pass in, get back).
+    """Optimization states of P independent problems (a pytree; pass in, get back).
 
-    image: float32[B, H, W, 3] in [0, 1], the current iterate (the last finite one if diverged).
-    opt_state: the optax state. step: int32[] steps applied. loss: float32[] and terms
-    ({content, style, tv}: float32[B}) at the image before the last step. diverged: bool[].
+    Every leaf has a leading problem axis P; each problem has its own optimizer state, so one
+    image's L-BFGS history or divergence never affects another's.
+
+    image: float32[P, H, W, 3] in [0, 1], the current iterates (the last finite ones if diverged).
+    opt_state: the optax states. step: int32[P] steps applied. loss: float32[P] and terms
+    ({content, style, tv}: float32[P]) at the images before the last step. diverged: bool[P].
     """
 
     image: Array
@@ -146,31 +149,46 @@ class RunState:
     diverged: Array
 
 
-def init_state(image: Array, method: Method) -> RunState:
-    """image: float32[B, H, W, 3] in [0, 1]."""
-    image = jnp.clip(jnp.asarray(image, jnp.float32), 0.0, 1.0)
-    batch = image.shape[0]
-    zeros = jnp.zeros((batch,), jnp.float32)
-    state = RunState(image=image, opt_state=method.transformation().init(image),
-                     step=jnp.zeros((), jnp.int32), loss=jnp.asarray(jnp.nan, jnp.float32),
-                     terms={"content": zeros, "style": zeros, "tv": zeros},
-                     diverged=jnp.zeros((), bool))
+def init_state(images: Array, method: Method) -> RunState:
+    """images: float32[P, H, W, 3] in [0, 1], one starting image per problem."""
+    images = jnp.clip(jnp.asarray(images, jnp.float32), 0.0, 1.0)
+
+    def one(image):
+        zero = jnp.zeros((), jnp.float32)
+        return RunState(image=image, opt_state=method.transformation().init(image),
+                        step=jnp.zeros((), jnp.int32), loss=jnp.full((), jnp.nan),
+                        terms={"content": zero, "style": zero, "tv": zero},
+                        diverged=jnp.zeros((), bool))
+
     # `run_steps` donates the state: every leaf needs a buffer of its own.
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), jax.vmap(one)(images))
 
 
-def _all_finite(tree) -> Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+def problem_targets(targets: losses.Targets, num_problems: int) -> losses.Targets:
+    """`losses.targets` for P content images (content [P, h, w, C], style [1, C, C]) as per-problem
+    targets with a leading problem axis: content [P, 1, h, w, C], style [P, 1, C, C]."""
+    return losses.Targets(
+        content={k: v[:, None] for k, v in targets.content.items()},
+        style={k: jnp.broadcast_to(v, (num_problems,) + v.shape) for k, v in targets.style.items()})
+
+
+def _all_finite(*arrays: Array) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in arrays]))
 
 
 def step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.LossSpec,
          method: Method, dtype=jnp.float32) -> RunState:
-    """One loss+gradient evaluation and one optimizer update (projected onto [0, 1])."""
-    objective = functools.partial(losses.total_loss, vgg, targets=targets, spec=spec, dtype=dtype)
+    """One loss+gradient evaluation and one projected optimizer update, for ONE problem (no
+    problem axis: image float32[H, W, 3], targets as from `losses.targets` for one image)."""
+
+    def objective(image):
+        loss, terms = losses.total_loss(vgg, image[None], targets, spec, dtype)
+        return loss, {k: v[0] for k, v in terms.items()}
+
     (loss, terms), grad = jax.value_and_grad(objective, has_aux=True)(state.image)
     updates, opt_state = method.transformation().update(grad, state.opt_state, state.image)
     image = jnp.clip(state.image + updates, 0.0, 1.0)
-    apply = ~state.diverged & jnp.isfinite(loss) & _all_finite(grad) & _all_finite(image)
+    apply = ~state.diverged & _all_finite(loss, grad, image)
     keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
     return RunState(
         image=keep(image, state.image),
@@ -185,19 +203,22 @@ def step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.
 @functools.partial(jax.jit, static_argnames=("method", "dtype"), donate_argnames=("state",))
 def run_steps(state: RunState, num_steps: Array | int, vgg: vgg19.VGG, targets: losses.Targets,
               spec: losses.LossSpec, method: Method, dtype: str = "float32") -> RunState:
-    """``num_steps`` optimizer steps, compiled once per shape (``num_steps`` is a runtime value)."""
+    """``num_steps`` optimizer steps for every problem, compiled once per shape (``num_steps`` is a
+    runtime value). targets: per problem, as from `problem_targets`."""
     vgg = vgg19.prepare(vgg)  # flipped kernels computed here, outside the loop body
-    body = lambda _, s: step(s, vgg, targets, spec, method, jnp.dtype(dtype))  # noqa: E731
-    return lax.fori_loop(0, jnp.asarray(num_steps, jnp.int32), body, state)
+    one_step = functools.partial(step, vgg=vgg, spec=spec, method=method, dtype=jnp.dtype(dtype))
+    all_steps = jax.vmap(lambda s, t: one_step(s, targets=t))
+    return lax.fori_loop(0, jnp.asarray(num_steps, jnp.int32),
+                         lambda _, s: all_steps(s, targets), state)
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
-def loss_and_grad(image: Array, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.LossSpec,
+def loss_and_grad(images: Array, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.LossSpec,
                   dtype: str = "float32") -> tuple[tuple[Array, dict], Array]:
-    """((loss, terms), gradient) at ``image``: float32[B, H, W, 3]. For benchmarks and checks."""
+    """((loss, terms), gradient) at ``images``: float32[B, H, W, 3], with `losses.targets`."""
     objective = functools.partial(losses.total_loss, vgg, targets=targets, spec=spec,
                                   dtype=jnp.dtype(dtype))
-    return jax.value_and_grad(objective, has_aux=True)(image)
+    return jax.value_and_grad(objective, has_aux=True)(images)
 
 
 def chunk_boundaries(num_iterations: int, every: tuple[int, ...], max_chunk: int = 50) -> list[int]:
@@ -219,7 +240,7 @@ def run(state: RunState, num_iterations: int, vgg: vgg19.VGG, targets: losses.Ta
 
     on_chunk(state, iterations_done) is called after each chunk (chunk ends: see
     `chunk_boundaries`); it may block on the state (a progress bar reads the loss). Stops early when
-    the loss diverges. Returns the last state.
+    every problem has diverged. Returns the last state.
     """
     done = 0
     for mark in chunk_boundaries(num_iterations, every):
@@ -227,6 +248,6 @@ def run(state: RunState, num_iterations: int, vgg: vgg19.VGG, targets: losses.Ta
         done = mark
         if on_chunk is not None:
             on_chunk(state, done)
-        if bool(state.diverged):
+        if bool(jnp.all(state.diverged)):
             break
     return state

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxstyle.errors import ConfigError
+
 Array = jax.Array
 
 # (name, input channels, output channels) of the sixteen 3x3 convolutions, in order.
@@ -102,7 +104,7 @@ class VGG:
 
     def with_pooling(self, pooling: str) -> "VGG":
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         return dataclasses.replace(self, pooling=pooling)
 
 
@@ -219,10 +221,10 @@ def check_layers(layers: Iterable[str], vgg: VGG | None = None) -> tuple[str, ..
     """Validates layer names (and that ``vgg`` has their weights); returns them in network order."""
     layers = tuple(dict.fromkeys(layers))
     if not layers:
-        raise ValueError("no layers requested")
+        raise ConfigError("no layers requested")
     unknown = [name for name in layers if name not in LAYER_NAMES]
     if unknown:
-        raise ValueError(f"unknown VGG-19 layer {unknown[0]!r}: use names like conv4_2, relu4_2, pool3"
+        raise ConfigError(f"unknown VGG-19 layer {unknown[0]!r}: use names like conv4_2, relu4_2, pool3"
                          f" (conv1_1 ... relu5_4, pool1 ... pool5)")
     ordered = tuple(sorted(layers, key=LAYER_NAMES.index))
     if vgg is not None:
@@ -230,7 +232,7 @@ def check_layers(layers: Iterable[str], vgg: VGG | None = None) -> tuple[str, ..
         needed = [n for n in LAYER_NAMES[: LAYER_NAMES.index(deepest) + 1] if n.startswith("conv")]
         missing = [n for n in needed if n not in vgg.params]
         if missing:
-            raise ValueError(f"layer {deepest!r} needs weights for {missing[0]}, which these weights lack")
+            raise ConfigError(f"layer {deepest!r} needs weights for {missing[0]}, which these weights lack")
     return ordered
 
 

@@ -1,0 +1,320 @@
+"""Image I/O at the edge of the library: Pillow in, Pillow out.
+
+Inside jaxstyle an image is a float32 numpy array of shape [H, W, 3]: RGB in [0, 1]. This module
+turns any file Pillow can read into that (``load_image``), resizes in float without 8-bit rounding
+(``resize``), and writes results atomically so an output is never left half-written and an input
+is never overwritten (``save_image``, ``save_gif``, ``save_strip``). Every bad path or file raises
+a one-line ``JaxstyleError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import struct
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from jaxstyle.errors import JaxstyleError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# Output extension (lower case) → Pillow format name.
+OUTPUT_FORMATS: dict[str, str] = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".gif": "GIF",
+}
+_SAVE_OPTIONS: dict[str, dict] = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+
+# Single-channel integer modes read as 16-bit: scaled by 65535 straight from the integers, so
+# their extra precision survives (Pillow's own convert("RGB") would go through 8 bits).
+_INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+# Errors Pillow raises while decoding a broken file (beyond the missing/unreadable ones).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+
+# BT.601 RGB → YUV, as torch's image.rgb2yuv used by neural-style's -original_colors.
+_RGB_TO_YUV = np.array(
+    [[0.299, 0.587, 0.114], [-0.14713, -0.28886, 0.436], [0.615, -0.51499, -0.10001]]
+)
+_YUV_TO_RGB = np.linalg.inv(_RGB_TO_YUV)  # the exact inverse, so an unchanged image round-trips
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+def load_image(path: PathLike, long_side: int | None = None, role: str = "image") -> np.ndarray:
+    """Read an image file as float32[H, W, 3] RGB in [0, 1].
+
+    The EXIF orientation is applied, so the array is upright as a viewer shows it. Every Pillow
+    mode is accepted: 1/L/P/RGB/CMYK/YCbCr are converted to RGB; transparency (RGBA, LA, PA, P or L
+    with a transparent colour, premultiplied RGBa/La) is composited on WHITE; 16-bit grayscale
+    (I;16*, and I, taken as 0–65535 and clipped) is divided by 65535 without passing through
+    8 bits; F (float) is taken as already in [0, 1] and clipped. Grayscale becomes three equal
+    channels. Only the first frame of an animation is read.
+
+    Args:
+      path: the image file.
+      long_side: if given, resize (Lanczos, in float) so the longer side is this many pixels.
+      role: how to name the file in error messages, e.g. "content image".
+    Raises:
+      JaxstyleError: missing, a directory, unreadable, not an image, truncated/corrupt, or so large
+        that Pillow suspects a decompression bomb.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise JaxstyleError(f"{role} '{path}' is a directory; give the path of an image file")
+    try:
+        with Image.open(path) as im:
+            im.load()  # Pillow decodes lazily: force it now so truncation is reported here
+            pil = ImageOps.exif_transpose(im)
+    except FileNotFoundError as e:
+        raise JaxstyleError(f"{role} '{path}' not found; check the path") from e
+    except PermissionError as e:
+        raise JaxstyleError(f"cannot read {role} '{path}': permission denied") from e
+    except UnidentifiedImageError as e:
+        raise JaxstyleError(
+            f"{role} '{path}' is not an image Pillow can read; give a PNG, JPEG, WebP, ... file"
+        ) from e
+    except Image.DecompressionBombError as e:
+        raise JaxstyleError(
+            f"{role} '{path}' is too large to open safely ({_one_line(e)}); downscale it first"
+        ) from e
+    except _DECODE_ERRORS as e:
+        raise JaxstyleError(
+            f"{role} '{path}' is truncated or corrupt ({_one_line(e)}); re-export or re-download it"
+        ) from e
+    image = _to_float_rgb(pil)
+    if long_side is not None:
+        image = resize(image, *fit_long_side(image.shape[0], image.shape[1], long_side))
+    return image
+
+
+def _to_float_rgb(im: Image.Image) -> np.ndarray:
+    """A decoded Pillow image of any mode → float32[H, W, 3] in [0, 1] (see ``load_image``)."""
+    if im.mode in _INT_MODES or im.mode == "F":
+        gray = np.asarray(im).astype(np.float32)
+        if im.mode != "F":
+            gray /= 65535.0
+        return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=-1)
+    bands = im.getbands()
+    if "A" in bands or "a" in bands or "transparency" in im.info:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+        rgb, alpha = rgba[..., :3], rgba[..., 3:]
+        return rgb * alpha + (1.0 - alpha)  # over white: transparent areas read as paper
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+# --------------------------------------------------------------------------------------- resizing
+
+
+def fit_long_side(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(h, w) with the longer side equal to ``long_side``, aspect ratio kept, each side ≥ 1 px."""
+    if long_side < 1:
+        raise JaxstyleError(f"image size must be at least 1 pixel, got {long_side}")
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize float[H, W, C] to float32[height, width, C] with Lanczos, clipped to [0, 1].
+
+    Each channel is resized as a Pillow 'F' (float32) image, so no 8-bit quantization happens;
+    the clip removes Lanczos's small overshoot at sharp edges.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape[:2] == (height, width):
+        return image
+    channels = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(image[..., c])).resize(
+                (width, height), Image.Resampling.LANCZOS
+            )
+        )
+        for c in range(image.shape[-1])
+    ]
+    return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------- saving
+
+
+def check_output_path(output: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path:
+    """Validate an output path before a long run, creating its directory if missing.
+
+    Raises JaxstyleError if the output is a directory, has an extension not in ``OUTPUT_FORMATS``,
+    is the same file as one of ``inputs`` (None entries are skipped), or its directory cannot be
+    created or written to.
+    """
+    output = Path(output)
+    if output.is_dir():
+        raise JaxstyleError(f"output '{output}' is a directory; give a file name, e.g. out.png")
+    if output.suffix.lower() not in OUTPUT_FORMATS:
+        supported = ", ".join(OUTPUT_FORMATS)
+        raise JaxstyleError(
+            f"output '{output}' has unsupported extension '{output.suffix}'; use one of {supported}"
+        )
+    for inp in inputs:
+        if inp is not None and _same_file(output, Path(inp)):
+            raise JaxstyleError(
+                f"output '{output}' would overwrite input '{inp}'; choose another output path"
+            )
+    parent = output.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = (
+            "a file is in the way"
+            if isinstance(e, (FileExistsError, NotADirectoryError))
+            else e.strerror or _one_line(e)
+        )
+        raise JaxstyleError(
+            f"cannot create output directory '{parent}' ({why}); choose another output path"
+        ) from e
+    try:  # os.access is unreliable (root, ACLs, read-only mounts): really create a file
+        fd, probe = tempfile.mkstemp(dir=parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise JaxstyleError(
+            f"output directory '{parent}' is not writable ({e.strerror or _one_line(e)}); "
+            "choose another output path"
+        ) from e
+    return output
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # sees through hard links and symlinks
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """float[H, W, 3] (numpy or jax) → uint8[H, W, 3]: clipped to [0, 1], rounded; NaN → 0."""
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"expected an image of shape [H, W, 3], got {array.shape}")
+    return np.round(np.clip(np.nan_to_num(array), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` via a temp file in its directory and ``os.replace``.
+
+    Readers see either the old file or the complete new one. On any failure the temp file is
+    removed and the old file is untouched; OSErrors (disk full, ...) become a JaxstyleError.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    except OSError as e:
+        raise JaxstyleError(f"cannot write output '{path}' ({_one_line(e)})") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give the mode a plain open would
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise JaxstyleError(f"cannot write output '{path}' ({_one_line(e)})") from e
+        raise
+    return path
+
+
+def _file_mode(path: Path) -> int:
+    """The existing file's permissions, else the default for a new file (0666 minus umask)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def save_image(image: np.ndarray, path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path:
+    """Save float[H, W, 3] in [0, 1] (clipped, rounded to 8 bits) atomically; returns the path.
+
+    The format follows the extension (``OUTPUT_FORMATS``); JPEG and WebP use quality 95. The path
+    is checked with ``check_output_path`` first, so none of ``inputs`` is ever overwritten.
+    """
+    path = check_output_path(path, inputs)
+    pil = Image.fromarray(_to_uint8(image))
+    fmt = OUTPUT_FORMATS[path.suffix.lower()]
+    return _atomic_write(path, lambda f: pil.save(f, format=fmt, **_SAVE_OPTIONS.get(fmt, {})))
+
+
+def save_gif(
+    frames: Sequence[np.ndarray],
+    path: PathLike,
+    duration_ms: int = 100,
+    loop: int = 0,
+    inputs: Iterable[PathLike | None] = (),
+) -> Path:
+    """Save float[H, W, 3] frames (all the same size) as an animated GIF, atomically.
+
+    ``duration_ms`` is per frame; ``loop=0`` loops forever. Each frame gets its own adaptive
+    256-colour palette; Pillow merges consecutive identical frames into one longer frame.
+    """
+    path = check_output_path(path, inputs)
+    if OUTPUT_FORMATS[path.suffix.lower()] != "GIF":
+        raise ValueError(f"save_gif needs a .gif path, got '{path}'")
+    images = [Image.fromarray(_to_uint8(frame)) for frame in frames]
+    if not images or len({im.size for im in images}) != 1:
+        raise ValueError("save_gif needs at least one frame, all of the same size")
+    first, *rest = images
+    return _atomic_write(
+        path,
+        lambda f: first.save(
+            f, format="GIF", save_all=True, append_images=rest, duration=duration_ms, loop=loop
+        ),
+    )
+
+
+def save_strip(
+    frames: Sequence[np.ndarray], path: PathLike, inputs: Iterable[PathLike | None] = ()
+) -> Path:
+    """Save float[H, W_i, 3] frames side by side as one [H, ΣW_i, 3] image (via ``save_image``)."""
+    if not frames:
+        raise ValueError("save_strip needs at least one frame")
+    return save_image(np.concatenate([np.asarray(f) for f in frames], axis=1), path, inputs)
+
+
+# ---------------------------------------------------------------------------------------- colour
+
+
+def original_colors(stylized: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """Luminance transfer: the stylized image's brightness in the content image's colours.
+
+    As neural-style's ``-original_colors 1``: both images go to YUV (BT.601), the result takes Y
+    from ``stylized`` and U, V from ``content``, and goes back to RGB, clipped to [0, 1]. The
+    style's textures and shading stay; its palette is replaced by the content's.
+
+    Args:
+      stylized: float[H, W, 3] in [0, 1].
+      content: float[H', W', 3] in [0, 1]; resized to [H, W] if it differs.
+    Returns:
+      float32[H, W, 3] in [0, 1].
+    """
+    stylized = np.asarray(stylized, dtype=np.float32)
+    content = resize(content, stylized.shape[0], stylized.shape[1])
+    yuv = content @ _RGB_TO_YUV.T
+    yuv[..., 0] = stylized @ _RGB_TO_YUV[0]
+    return np.clip(yuv @ _YUV_TO_RGB.T, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,169 @@
+"""From arrays to stylized arrays: sizes, targets, initial image, coarse-to-fine scales.
+
+This is the Python API for research code: images in, images out, no files. The CLI and the batch
+runner are built on `stylize_batch`; `stylize` is the one-image convenience.
+
+Per scale (``cfg.all_scales``, e.g. 256 → 512 → 1024): the content images are resized so their long
+side is the scale, the style images to ``style_scale`` × the scale, targets are computed once, and
+``cfg.num_iterations`` compiled optimizer steps run from the previous scale's result (upsampled) or
+from the initial image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxstyle import losses, optimize, vgg19
+from jaxstyle.image_io import fit_long_side, original_colors
+from jaxstyle.config import Config
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """What `stylize_batch` reports after each compiled chunk.
+
+    scale_index / num_scales: which scale runs; iteration: steps done at this scale (of
+    num_iterations); state: the `optimize.RunState` (images float32[P, h, w, 3]).
+    """
+
+    scale_index: int
+    num_scales: int
+    iteration: int
+    num_iterations: int
+    state: optimize.RunState
+
+    @property
+    def images(self) -> np.ndarray:
+        return np.asarray(self.state.image)
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where a resumed run starts: at ``scale_index`` after ``iteration`` steps, from ``images``
+    float32[P, h, w, 3] (any size: resized to that scale)."""
+
+    scale_index: int
+    iteration: int
+    images: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """images: float32[P, h, w, 3] in [0, 1]; diverged: bool[P] (those hold their last finite image);
+    loss: float32[P] at the last step."""
+
+    images: np.ndarray
+    diverged: np.ndarray
+    loss: np.ndarray
+
+
+def resize(images: Array, height: int, width: int) -> Array:
+    """float32[..., H, W, 3] -> float32[..., height, width, 3], Lanczos (antialiased when
+    shrinking), clipped to [0, 1]."""
+    if images.shape[-3:-1] == (height, width):
+        return images
+    shape = images.shape[:-3] + (height, width, images.shape[-1])
+    return jnp.clip(jax.image.resize(images, shape, "lanczos3"), 0.0, 1.0)
+
+
+def initial_images(cfg: Config, contents: Array, styles: Sequence[Array],
+                   init_image: Array | None = None) -> Array:
+    """The starting images, float32[P, h, w, 3], for ``contents`` float32[P, h, w, 3].
+
+    "noise" draws from ``cfg.seed`` alone, so an image's start never depends on its position in a
+    batch: every problem of one size gets the same noise.
+    """
+    p, h, w, _ = contents.shape
+    if cfg.init == "content":
+        return contents
+    if cfg.init == "noise":
+        noise = jax.random.uniform(jax.random.key(cfg.seed), (h, w, 3), jnp.float32)
+        return jnp.broadcast_to(noise, contents.shape)
+    source = styles[0] if cfg.init == "style" else init_image
+    if source is None:
+        raise ValueError("init 'image' needs an init image")
+    return jnp.broadcast_to(resize(jnp.asarray(source, jnp.float32), h, w), contents.shape)
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _targets(vgg, contents, styles, blend, spec, dtype):
+    return losses.targets(vgg, contents, styles, blend, spec, jnp.dtype(dtype))
+
+
+def scale_sizes(cfg: Config, height: int, width: int) -> list[tuple[int, int]]:
+    """The (h, w) of every scale for a ``height`` x ``width`` content image."""
+    return [fit_long_side(height, width, s) for s in cfg.all_scales]
+
+
+def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg: Config,
+                  init_image: Array | None = None, start: Start | None = None,
+                  on_progress: Callable[[Progress], None] | None = None,
+                  every: tuple[int, ...] = ()) -> Result:
+    """Stylizes P content images of one size with the same styles, each its own problem.
+
+    Args:
+      vgg: the network (`vgg19.load`); its pooling is overridden by ``cfg.pooling``.
+      contents: float32[P, H, W, 3] in [0, 1].
+      styles: one float32[Hs, Ws, 3] in [0, 1] per style image (sizes may differ).
+      cfg: the configuration.
+      init_image: float32[Hi, Wi, 3], for ``cfg.init == "image"``.
+      start: resume from a `Start` instead of the beginning.
+      on_progress: called after every compiled chunk (see `optimize.chunk_boundaries`).
+      every: iteration periods at which ``on_progress`` must be called (progress, snapshots).
+
+    Returns:
+      `Result` at the last scale's size.
+    """
+    vgg = vgg.with_pooling(cfg.pooling)
+    contents = jnp.asarray(contents, jnp.float32)
+    num_problems, height, width, _ = contents.shape
+    spec = losses.LossSpec.from_config(cfg)
+    vgg19.check_layers(spec.layers, vgg)
+    method = optimize.Method.from_config(cfg)
+    blend = cfg.blend_weights(len(styles))
+    sizes = scale_sizes(cfg, height, width)
+    first_scale = start.scale_index if start else 0
+    state = None
+    for index in range(first_scale, len(sizes)):
+        h, w = sizes[index]
+        scaled = resize(contents, h, w)
+        style_long = max(16, round(cfg.style_scale * max(h, w)))
+        scaled_styles = [resize(s, *fit_long_side(s.shape[0], s.shape[1], style_long))[None]
+                         for s in map(lambda s: jnp.asarray(s, jnp.float32), styles)]
+        targets = _targets(vgg, scaled, scaled_styles, jnp.asarray(blend), spec, cfg.compute_dtype)
+        targets = optimize.problem_targets(targets, num_problems)
+        if state is not None:
+            images = resize(state.image, h, w)
+        elif start is not None:
+            images = resize(jnp.asarray(start.images, jnp.float32), h, w)
+        else:
+            images = initial_images(cfg, scaled, [s[0] for s in scaled_styles], init_image)
+        state = optimize.init_state(images, method)
+        done = start.iteration if (start and index == start.scale_index) else 0
+        report = None
+        if on_progress is not None:
+            report = lambda s, n, i=index, d=done: on_progress(  # noqa: E731
+                Progress(i, len(sizes), d + n, cfg.num_iterations, s))
+        state = optimize.run(state, cfg.num_iterations - done, vgg, targets, spec, method,
+                             cfg.compute_dtype, every, report)
+        if bool(jnp.any(state.diverged)):
+            break
+    images = np.asarray(state.image)
+    if cfg.original_colors:
+        originals = np.asarray(resize(contents, *images.shape[1:3]))
+        images = np.stack([original_colors(x, c) for x, c in zip(images, originals)])
+    return Result(images=images, diverged=np.asarray(state.diverged), loss=np.asarray(state.loss))
+
+
+def stylize(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfg: Config = Config(),
+            **kwargs) -> np.ndarray:
+    """One image: content float32[H, W, 3] in [0, 1] -> float32[h, w, 3] (see `stylize_batch`)."""
+    return stylize_batch(vgg, jnp.asarray(content)[None], styles, cfg, **kwargs).images[0]

@@ -1,0 +1,58 @@
+"""Shared fixtures. Weight fixtures: synthetic real-size VGG-19 files, written once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import synthetic_weights as sw
+from jaxstyle import weights
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("weights")
+
+
+@pytest.fixture(scope="session")
+def keras_layers() -> sw.Layers:
+    """The weights in `keras_h5`: {name: (kernel HWIO, bias)}."""
+    return sw.random_layers(seed=1)
+
+
+@pytest.fixture(scope="session")
+def torch_layers() -> sw.Layers:
+    """The weights in `torchvision_pth` and `torchvision_pth_legacy`."""
+    return sw.random_layers(seed=2)
+
+
+@pytest.fixture(scope="session")
+def keras_h5(weights_dir, keras_layers) -> Path:
+    """A real-size Keras notop .h5 (Keras 2 dataset names)."""
+    return sw.write_keras_h5(weights_dir / "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                             keras_layers)
+
+
+@pytest.fixture(scope="session")
+def torchvision_pth(weights_dir, torch_layers) -> Path:
+    """A real-size torchvision-layout .pth (zip archive); not a known checksum, so it needs
+    source="torchvision"."""
+    return sw.write_torch_pth(weights_dir / "vgg19-synthetic.pth", torch_layers)
+
+
+@pytest.fixture(scope="session")
+def torchvision_pth_legacy(weights_dir, torch_layers) -> Path:
+    """The same state dict in torch's legacy (pre-1.6, non-zip) layout, like the real files."""
+    return sw.write_torch_pth(weights_dir / "vgg19-synthetic-legacy.pth", torch_layers, legacy=True)
+
+
+@pytest.fixture(scope="session")
+def keras_safetensors(weights_dir, keras_h5) -> Path:
+    return weights.convert(keras_h5, weights_dir / "converted" / "keras.safetensors").dst
+
+
+@pytest.fixture(scope="session")
+def torchvision_safetensors(weights_dir, torchvision_pth) -> Path:
+    return weights.convert(torchvision_pth, weights_dir / "converted" / "torchvision.safetensors",
+                           source="torchvision").dst
