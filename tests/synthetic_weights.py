@@ -200,3 +200,9 @@ def write_bad_file(kind: str, directory: Path, keras_h5: Path, torch_pth: Path,
     else:
         raise ValueError(kind)
     return path
+
+
+def bad_file_source(kind: str) -> str | None:
+    """The ``source`` argument a test passes with a bad file: torchvision for .pth files (so that
+    the intended error, not the missing --source one, is what fails), none for .h5."""
+    return None if kind.endswith("h5") or kind == "unknown_pth_no_source" else "torchvision"
