@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help=f"continue from OUTPUT{CHECKPOINT_SUFFIX} left by an interrupted run")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    g = p.add_argument_group("several content images (a list or folders; -o is a directory)")
+    g.add_argument("--batch-size", type=_positive(int), default=4,
+                   help="most images per compiled run, sharded over all devices (caps memory)")
+    g.add_argument("--all-pairs", action="store_true",
+                   help="stylize every content with every style separately (no blending)")
 
     p = sub.add_parser("bench", help="benchmark against the PyTorch reference (prints JSON)",
                        add_help=False)
@@ -270,7 +275,7 @@ def cmd_stylize(args) -> int:
 
     cfg = config_from_args(args)
     contents = [Path(c) for c in args.content]
-    if len(contents) > 1 or contents[0].is_dir():
+    if len(contents) > 1 or contents[0].is_dir() or args.all_pairs:
         from jaxstyle import batch  # several images: the batch runner (outputs into a directory)
 
         return batch.run_cli(args, cfg)

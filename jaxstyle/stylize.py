@@ -106,7 +106,8 @@ def scale_sizes(cfg: Config, height: int, width: int) -> list[tuple[int, int]]:
 def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg: Config,
                   init_image: Array | None = None, start: Start | None = None,
                   on_progress: Callable[[Progress], None] | None = None,
-                  every: tuple[int, ...] = ()) -> Result:
+                  every: tuple[int, ...] = (),
+                  to_host: Callable[[Array], np.ndarray] = np.asarray) -> Result:
     """Stylizes P content images of one size with the same styles, each its own problem.
 
     Args:
@@ -118,6 +119,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
       start: resume from a `Start` instead of the beginning.
       on_progress: called after every compiled chunk (see `optimize.chunk_boundaries`).
       every: iteration periods at which ``on_progress`` must be called (progress, snapshots).
+      to_host: fetches a result array (the batch runner gathers across hosts with it).
 
     Returns:
       `Result` at the last scale's size.
@@ -156,11 +158,11 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
                              cfg.compute_dtype, every, report)
         if bool(jnp.any(state.diverged)):
             break
-    images = np.asarray(state.image)
+    images = to_host(state.image)
     if cfg.original_colors:
-        originals = np.asarray(resize(contents, *images.shape[1:3]))
+        originals = to_host(resize(contents, *images.shape[1:3]))
         images = np.stack([original_colors(x, c) for x, c in zip(images, originals)])
-    return Result(images=images, diverged=np.asarray(state.diverged), loss=np.asarray(state.loss))
+    return Result(images=images, diverged=to_host(state.diverged), loss=to_host(state.loss))
 
 
 def stylize(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfg: Config = Config(),
