@@ -91,7 +91,9 @@ def scale_by_lbfgs(memory_size: int = 100) -> optax.GradientTransformation:
         sy = jnp.vdot(s, y)
         accept = (state.count > 0) & (sy > 1e-10)
         slot = state.stored % memory_size
-        store = lambda mem, new: jnp.where(accept, mem.at[slot].set(new), mem)  # noqa: E731
+        # Select within the slot, not over the whole history: an in-place update of one slot
+        # instead of a copy of memory × image floats every step.
+        store = lambda mem, new: mem.at[slot].set(jnp.where(accept, new, mem[slot]))  # noqa: E731
         new = LBFGSState(
             s=store(state.s, s), y=store(state.y, y),
             rho=store(state.rho, 1.0 / jnp.where(accept, sy, 1.0)),
@@ -190,9 +192,11 @@ def step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.
     image = jnp.clip(state.image + updates, 0.0, 1.0)
     apply = ~state.diverged & _all_finite(loss, grad, image)
     keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
+    # The optimizer state is not gated: once a problem diverges it never applies an update again,
+    # so its state no longer matters, and gating it would copy the L-BFGS history every step.
     return RunState(
         image=keep(image, state.image),
-        opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+        opt_state=opt_state,
         step=state.step + apply.astype(jnp.int32),
         loss=keep(loss, state.loss),
         terms=jax.tree.map(keep, terms, state.terms),
