@@ -69,9 +69,16 @@ def _add_weights_flags(p: argparse.ArgumentParser) -> None:
                         "$XDG_CACHE_HOME/jaxstyle, else ~/.cache/jaxstyle)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors on one line (no usage dump), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"jaxstyle: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = Config()
-    parser = argparse.ArgumentParser(prog="jaxstyle", description="Neural style transfer in JAX.")
+    parser = _Parser(prog="jaxstyle", description="Neural style transfer in JAX.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("convert", help="convert a VGG-19 weights file to jaxstyle's .safetensors")

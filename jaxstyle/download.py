@@ -6,8 +6,8 @@ The library prints nothing: callers pass ``progress(bytes_done, bytes_total)`` t
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
-import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -86,7 +86,7 @@ def _fetch(url: str, f, progress: Progress | None, timeout: float, dst: Path,
                     progress(done, total)
             if total is not None and done != total:
                 raise ConnectionError(f"connection closed after {done} of {total} bytes")
-    except (urllib.error.URLError, OSError, socket.timeout, ValueError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         raise JaxstyleError(_offline_message(url, e, dst, convert_to)) from None
     return digest.hexdigest()
 

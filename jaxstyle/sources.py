@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import os
@@ -431,16 +432,19 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):  # nn.Pa
     return data
 
 
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    allowed: dict[tuple[str, str], Any] = {
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+def _allowed_globals() -> dict[tuple[str, str], Callable[[], Any]]:
+    """(module, name) -> a factory of the local stand-in. Each reference gets a fresh stand-in, so
+    that a pickle's BUILD opcodes (which can set attributes) cannot alter shared objects."""
+    functions = {"_rebuild_tensor": _rebuild_tensor, "_rebuild_tensor_v2": _rebuild_tensor_v2,
+                 "_rebuild_parameter": _rebuild_parameter}
+    allowed: dict[tuple[str, str], Callable[[], Any]] = {
+        ("collections", "OrderedDict"): lambda: collections.OrderedDict,  # a C type: immutable
     }
+    for name, function in functions.items():
+        allowed["torch._utils", name] = functools.partial(functools.partial, function)
     for name, dtype in _STORAGE_DTYPES.items():
-        stand_in = _StorageType(name, np.dtype(dtype), bfloat16=name == "BFloat16Storage")
-        allowed["torch", name] = allowed["torch.cuda", name] = stand_in
+        factory = functools.partial(_StorageType, name, np.dtype(dtype), name == "BFloat16Storage")
+        allowed["torch", name] = allowed["torch.cuda", name] = factory
     return allowed
 
 
@@ -459,11 +463,11 @@ class _StateDictUnpickler(pickle.Unpickler):
         self._make_storage = make_storage
 
     def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[module, name]
-        except KeyError:
+        factory = _ALLOWED_GLOBALS.get((module, name))
+        if factory is None:
             raise JaxstyleError(f"refusing to load {self._path}: its pickle references "
-                                f"{module}.{name}, which a weights file never needs") from None
+                                f"{module}.{name}, which a weights file never needs")
+        return factory()
 
     def persistent_load(self, pid: Any) -> Any:
         if self._make_storage is None or not isinstance(pid, tuple) or not pid or pid[0] != "storage":

@@ -4,7 +4,7 @@ The network takes RGB float32 images in [0, 1] and applies the preprocessing its
 trained with (channel order, scale, mean/std: stored with the converted weights), so callers never
 think about it. Only the layers up to the deepest requested one are computed.
 
-Three formulation choices are made for speed and are pinned against the plain formulation by tests:
+Two formulation choices are made for speed and are pinned against the plain formulation by tests:
   * convolutions carry a custom VJP whose input gradient is an ordinary NHWC/HWIO convolution with
     the spatially flipped, in/out-swapped kernel. JAX's own transpose rule emits a convolution with
     kernel layout ``01oi`` plus a reverse, which XLA's CPU backend leaves as a slow generic loop nest

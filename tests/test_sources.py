@@ -230,3 +230,14 @@ def test_bad_file_errors(tmp_path, kind, keras_h5, torchvision_pth, torchvision_
     assert "\n" not in message and str(path) in message
     for words in sw.BAD_FILE_KINDS[kind]:
         assert words in message
+
+
+def test_pickle_cannot_alter_the_stand_ins(tmp_path, torchvision_pth, torch_layers):
+    """BUILD writes attributes into objects; each file must get its own stand-ins, so a crafted
+    file cannot break later loads in the same process."""
+    # protocol 2: torch.FloatStorage, BUILD with {"dtype": "x"}
+    tamper = b"\x80\x02ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypeX\x01\x00\x00\x00xsb."
+    path = _zip_pth(tmp_path / "tamper.pth", tamper)
+    with pytest.raises(JaxstyleError, match="not a state dict"):
+        list(sources.iter_layers(path, "torchvision"))
+    assert_layers_equal(torchvision_pth, torch_layers, "torchvision")

@@ -1,0 +1,224 @@
+"""The `jaxstyle` command end to end on tiny images with synthetic weights, and every bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxstyle import cli, download
+from jaxstyle import stylize as stylize_lib
+
+FAST = ["--image-size", "32", "--num-iterations", "4", "--quiet"]
+
+
+def _write_image(path, shape=(24, 32), seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray((rng.random(shape + (3,)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("images")
+    return {"content": _write_image(d / "content.png"),
+            "style": _write_image(d / "style.jpg", (30, 30), seed=1),
+            "style2": _write_image(d / "style2.png", (20, 36), seed=2)}
+
+
+def run(capsys, *argv):
+    """(exit status, stdout, stderr) of `jaxstyle *argv`."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(err: str, *fragments: str):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("jaxstyle: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def stylize_args(images, weights, output, *extra):
+    return ["stylize", images["content"], "--style", images["style"], "--weights", weights,
+            "-o", output, *FAST, *extra]
+
+
+def test_stylize_writes_output_snapshots_and_gif(capsys, images, keras_safetensors, tmp_path):
+    out = tmp_path / "out" / "result.png"
+    code, stdout, err = run(capsys, *stylize_args(images, keras_safetensors, out, "--save-iter", "2",
+                                                  "--gif", tmp_path / "evo.gif", "--gif-every", "2"))
+    assert code == 0, err
+    with Image.open(out) as im:
+        assert im.size == (32, 24)  # long side = --image-size, aspect kept
+    assert (tmp_path / "out" / "result_2.png").exists()
+    with Image.open(tmp_path / "evo.gif") as gif:
+        assert gif.n_frames >= 2
+    assert not (tmp_path / "out" / "result.png.resume.npz").exists()
+
+
+def test_all_features_together(capsys, images, keras_safetensors, tmp_path):
+    out = tmp_path / "o.jpg"
+    code, _, err = run(capsys, "stylize", images["content"], "--style", images["style"],
+                       images["style2"], "--style-blend-weights", "3,1", "--weights",
+                       keras_safetensors, "-o", out, "--scales", "24,32", "--num-iterations", "3",
+                       "--original-colors", "--pooling", "avg", "--optimizer", "adam",
+                       "--style-layers", "relu1_1,relu2_1", "--style-layer-weights", "1,2",
+                       "--normalization", "gatys", "--init", "noise", "--style-scale", "0.5",
+                       "--quiet")
+    assert code == 0, err
+    with Image.open(out) as im:
+        assert im.size == (32, 24)
+
+
+def test_same_seed_same_image(capsys, images, keras_safetensors, tmp_path):
+    outs = [tmp_path / "a.png", tmp_path / "b.png"]
+    for out in outs:
+        code, _, err = run(capsys, *stylize_args(images, keras_safetensors, out, "--init", "noise",
+                                                 "--seed", "7"))
+        assert code == 0, err
+    a, b = (np.asarray(Image.open(p)) for p in outs)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_ctrl_c_keeps_latest_image_and_resume_finishes(capsys, images, keras_safetensors, tmp_path,
+                                                       monkeypatch):
+    real = stylize_lib.stylize_batch
+
+    def interrupted(*args, on_progress=None, **kwargs):
+        def progress(p):
+            on_progress(p)
+            if p.iteration >= 2:
+                raise KeyboardInterrupt
+        return real(*args, on_progress=progress, **kwargs)
+
+    out = tmp_path / "r.png"
+    monkeypatch.setattr(stylize_lib, "stylize_batch", interrupted)
+    code, _, err = run(capsys, *stylize_args(images, keras_safetensors, out, "--print-iter", "2"))
+    assert code == cli.EXIT_INTERRUPTED and "interrupted" in err
+    assert out.exists() and (tmp_path / "r.png.resume.npz").exists()
+    monkeypatch.setattr(stylize_lib, "stylize_batch", real)
+    code, _, err = run(capsys, *stylize_args(images, keras_safetensors, out, "--resume"))
+    assert code == 0, err
+    assert not (tmp_path / "r.png.resume.npz").exists()
+
+
+def test_resume_without_checkpoint_is_an_error(capsys, images, keras_safetensors, tmp_path):
+    code, _, err = run(capsys, *stylize_args(images, keras_safetensors, tmp_path / "x.png",
+                                             "--resume"))
+    assert code == 1
+    assert_one_line_error(err, "--resume")
+
+
+def test_nan_loss_stops_keeps_last_finite_image_and_names_the_weight(capsys, images,
+                                                                     keras_safetensors, tmp_path):
+    out = tmp_path / "nan.png"
+    code, _, err = run(capsys, *stylize_args(images, keras_safetensors, out, "--style-weight",
+                                             "1e38"))
+    assert code == 1
+    assert_one_line_error(err, "NaN or infinite", "--style-weight")
+    with Image.open(out) as im:  # the last finite image: here the starting content image
+        assert np.isfinite(np.asarray(im, np.float32)).all()
+
+
+def test_batch_of_files_skips_bad_ones(capsys, images, keras_safetensors, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _write_image(folder / "a.png", (24, 32), seed=3)
+    _write_image(folder / "b.png", (32, 24), seed=4)
+    (folder / "broken.jpg").write_text("not an image")
+    outdir = tmp_path / "stylized"
+    code, stdout, err = run(capsys, "stylize", folder, images["content"], "--style", images["style"],
+                            images["style2"], "--all-pairs", "--weights", keras_safetensors,
+                            "-o", outdir, *FAST, "--batch-size", "2")
+    assert code == 1  # something was skipped
+    assert "broken.jpg" in err and "Traceback" not in err
+    written = sorted(p.name for p in outdir.iterdir())
+    assert written == sorted(f"{c}__{s}.png" for c in ("a", "b", "content")
+                             for s in ("style", "style2"))
+
+
+def test_convert_command(capsys, keras_h5, tmp_path):
+    dst = tmp_path / "w" / "vgg.safetensors"
+    code, stdout, err = run(capsys, "convert", keras_h5, "-o", dst)
+    assert code == 0 and dst.exists() and "keras" in stdout
+
+
+def test_convert_bad_file_writes_nothing(capsys, tmp_path):
+    bad = tmp_path / "notes.pth"
+    bad.write_text("hello")
+    dst = tmp_path / "out.safetensors"
+    code, _, err = run(capsys, "convert", bad, "-o", dst)
+    assert code == 1 and not dst.exists()
+    assert_one_line_error(err)
+
+
+def test_offline_download_is_one_clear_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "DEFAULT_URL", "http://127.0.0.1:9/vgg19_notop.h5")
+    code, _, err = run(capsys, "weights", "download", "--cache-dir", tmp_path / "cache")
+    assert code == 1
+    assert_one_line_error(err, "http://127.0.0.1:9/vgg19_notop.h5", "jaxstyle convert")
+    assert not any((tmp_path / "cache").glob("*.h5"))
+
+
+def _bad_input_cases(images, weights, tmp_path):
+    text = tmp_path / "text.jpg"
+    text.write_text("not an image")
+    truncated = tmp_path / "truncated.png"
+    data = images["content"].read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a directory should be")
+    corrupt_weights = tmp_path / "corrupt.safetensors"
+    corrupt_weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    c, s = images["content"], images["style"]
+    out = tmp_path / "out.png"
+    return {
+        "missing content": (["stylize", tmp_path / "nope.jpg", "--style", s, "-o", out], "not found"),
+        "non-image content": (["stylize", text, "--style", s, "-o", out], "text.jpg"),
+        "truncated content": (["stylize", truncated, "--style", s, "-o", out], "truncated"),
+        "missing style": (["stylize", c, "--style", tmp_path / "nope.png", "-o", out], "nope.png"),
+        "output is input": (["stylize", c, "--style", s, "-o", c], "overwrite"),
+        "output dir blocked": (["stylize", c, "--style", s, "-o", blocker / "o.png"], "blocker"),
+        "unknown format": (["stylize", c, "--style", s, "-o", tmp_path / "o.xyz"], ".xyz"),
+        "unknown layer": (["stylize", c, "--style", s, "-o", out, "--style-layers", "relu9_9"],
+                          "relu9_9"),
+        "layer weights count": (["stylize", c, "--style", s, "-o", out, "--style-layer-weights",
+                                 "1,2"], "layer weights"),
+        "zero size": (["stylize", c, "--style", s, "-o", out, "--image-size", "0"], "image-size"),
+        "tiny size": (["stylize", c, "--style", s, "-o", out, "--image-size", "8"], "16"),
+        "negative weight": (["stylize", c, "--style", s, "-o", out, "--style-weight", "-1"],
+                            "style-weight"),
+        "zero iterations": (["stylize", c, "--style", s, "-o", out, "--num-iterations", "0"],
+                            "num-iterations"),
+        "missing weights": (["stylize", c, "--style", s, "-o", out, "--weights",
+                             tmp_path / "none.safetensors"], "none.safetensors"),
+        "corrupt weights": (["stylize", c, "--style", s, "-o", out, "--weights", corrupt_weights],
+                            "corrupt.safetensors"),
+        "init image missing": (["stylize", c, "--style", s, "-o", out, "--init", "image"],
+                               "--init-image"),
+    }
+
+
+CASES = ["missing content", "non-image content", "truncated content", "missing style",
+         "output is input", "output dir blocked", "unknown format", "unknown layer",
+         "layer weights count", "zero size", "tiny size", "negative weight", "zero iterations",
+         "missing weights", "corrupt weights", "init image missing"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_and_writes_nothing(capsys, images, keras_safetensors, tmp_path, case):
+    argv, fragment = _bad_input_cases(images, keras_safetensors, tmp_path)[case]
+    if "--weights" not in argv:
+        argv += ["--weights", keras_safetensors]
+    before = {p: p.stat().st_mtime_ns for p in images.values()}
+    code, stdout, err = run(capsys, argv[0], *FAST, *argv[1:])  # the case's flags win
+    assert code in (1, 2)
+    assert_one_line_error(err, fragment)
+    assert not (tmp_path / "out.png").exists()
+    assert {p: p.stat().st_mtime_ns for p in images.values()} == before  # inputs untouched
