@@ -154,9 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--all-pairs", action="store_true",
                    help="stylize every content with every style separately (no blending)")
 
-    p = sub.add_parser("bench", help="benchmark against the PyTorch reference (prints JSON)",
-                       add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    sub.add_parser("bench", help="benchmark against the PyTorch reference (prints JSON); "
+                                 "see `jaxstyle bench --help`")
     return parser
 
 
@@ -357,17 +356,15 @@ def cmd_stylize(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from jaxstyle import bench
-
-    return bench.main(args.bench_args)
-
-
-COMMANDS = {"convert": cmd_convert, "weights": cmd_weights, "stylize": cmd_stylize,
-            "bench": cmd_bench}
+COMMANDS = {"convert": cmd_convert, "weights": cmd_weights, "stylize": cmd_stylize}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own parser: argparse's REMAINDER would not take "--sizes ..."
+        from jaxstyle import bench
+
+        return bench.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

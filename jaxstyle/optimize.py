@@ -158,11 +158,12 @@ def init_state(images: Array, method: Method) -> RunState:
     def one(image):
         zero = jnp.zeros((), jnp.float32)
         return RunState(image=image, opt_state=method.transformation().init(image),
-                        step=jnp.zeros((), jnp.int32), loss=jnp.full((), jnp.nan),
+                        step=jnp.zeros((), jnp.int32), loss=jnp.full((), jnp.nan, jnp.float32),
                         terms={"content": zero, "style": zero, "tv": zero},
                         diverged=jnp.zeros((), bool))
 
-    # `run_steps` donates the state: every leaf needs a buffer of its own.
+    # `run_steps` donates the state: every leaf needs a buffer of its own. Dtypes are explicit
+    # (no weak types), so the state that `run_steps` returns matches this one and never recompiles.
     return jax.tree.map(lambda x: jnp.array(x, copy=True), jax.vmap(one)(images))
 
 

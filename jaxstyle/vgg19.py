@@ -23,7 +23,6 @@ from typing import Iterable, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxstyle.errors import ConfigError
@@ -124,6 +123,12 @@ def flip_kernel(kernel: Array) -> Array:
     return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
 
 
+def _materialized_flip(kernel: Array) -> Array:
+    # The barrier keeps XLA from folding the flip back into the convolution (as a reversed `01oi`
+    # kernel), which is the non-canonical form this whole custom VJP exists to avoid.
+    return lax.optimization_barrier(flip_kernel(kernel))
+
+
 @jax.custom_vjp
 def conv3x3(x: Array, kernel: Array, bias: Array, grad_kernel: Array | None = None) -> Array:
     """3x3 SAME convolution plus bias. x: float[B, H, W, Cin] -> float[B, H, W, Cout].
@@ -140,9 +145,8 @@ def _conv3x3_fwd(x, kernel, bias, grad_kernel):
 
 def _conv3x3_bwd(residuals, g):
     x, kernel, grad_kernel = residuals
-    if grad_kernel is None:
-        grad_kernel = flip_kernel(kernel)
-    dx = _conv_same(g, grad_kernel.astype(g.dtype))
+    flipped = _materialized_flip(kernel) if grad_kernel is None else grad_kernel
+    dx = _conv_same(g, flipped.astype(g.dtype))
     # Dead code (removed by XLA) unless someone differentiates with respect to the weights.
     _, kernel_vjp = jax.vjp(lambda k: _conv_same(x, k), kernel)
     (dkernel,) = kernel_vjp(g)
@@ -261,7 +265,7 @@ def features(vgg: VGG, images: Array, layers: Iterable[str], dtype: jnp.dtype = 
 def prepare(vgg: VGG) -> VGG:
     """Adds the flipped input-gradient kernels. Call outside ``lax.scan``/``fori_loop`` bodies (e.g.
     at the top of the jitted function that runs the loop) so that XLA sees loop-invariant kernels."""
-    grad_kernels = {name: flip_kernel(p["kernel"]) for name, p in vgg.params.items()}
+    grad_kernels = {name: _materialized_flip(p["kernel"]) for name, p in vgg.params.items()}
     return dataclasses.replace(vgg, grad_kernels=grad_kernels)
 
 
@@ -271,7 +275,7 @@ def init(key: Array, preprocessing: Preprocessing, last_layer: str = "relu5_1",
     depend on the values."""
     module = VGG19(outputs=(last_layer,), pooling=pooling)
     params = module.init(key, jnp.zeros((1, 16, 16, 3)))["params"]
-    return VGG(params=jax.tree.map(np.asarray, dict(params)), preprocessing=preprocessing,
+    return VGG(params=jax.tree.map(jnp.asarray, dict(params)), preprocessing=preprocessing,
                pooling=pooling, source="random")
 
 
