@@ -10,8 +10,9 @@ curvature pairs are then taken between projected iterates (s = x₊ − x), whic
 projected quasi-Newton heuristic; pairs without positive curvature are not stored (like
 torch.optim.LBFGS), so the inverse-Hessian estimate stays positive definite.
 
-A step whose loss or gradient is not finite is not applied: the state keeps the last image whose
-loss was finite and raises ``diverged``, after which the remaining steps of the chunk do nothing.
+A step whose loss, gradient or result is not finite is not applied: the state keeps the last
+finite iterate and raises ``diverged``, after which that problem's steps do nothing (the others of
+a batch go on).
 """
 
 from __future__ import annotations
@@ -226,29 +227,30 @@ def loss_and_grad(images: Array, vgg: vgg19.VGG, targets: losses.Targets, spec: 
     return jax.value_and_grad(objective, has_aux=True)(images)
 
 
-def chunk_boundaries(num_iterations: int, every: tuple[int, ...], max_chunk: int = 50) -> list[int]:
-    """Iteration counts after which the driver returns to Python: every multiple of each of ``every``
-    (progress, snapshots), at most ``max_chunk`` apart, and the last iteration."""
+def chunk_boundaries(num_iterations: int, every: tuple[int, ...], max_chunk: int = 50,
+                     start: int = 0) -> list[int]:
+    """Iteration counts in (start, num_iterations] after which the driver returns to Python: every
+    multiple of each of ``every`` (progress, snapshots), at most ``max_chunk`` apart, and the last
+    iteration. Multiples are absolute, so a run resumed at ``start`` keeps its rhythm."""
     marks = {num_iterations}
-    for k in every:
+    for k in (*every, max_chunk):
         if k and k > 0:
-            marks.update(range(k, num_iterations, k))
-    marks.update(range(max_chunk, num_iterations, max_chunk))
-    return sorted(marks)
+            marks.update(range((start // k + 1) * k, num_iterations, k))
+    return sorted(m for m in marks if m > start)
 
 
 def run(state: RunState, num_iterations: int, vgg: vgg19.VGG, targets: losses.Targets,
         spec: losses.LossSpec, method: Method, dtype: str = "float32",
-        every: tuple[int, ...] = (), on_chunk: Callable[[RunState, int], None] | None = None
-        ) -> RunState:
-    """Runs ``num_iterations`` steps from ``state`` in compiled chunks.
+        every: tuple[int, ...] = (), on_chunk: Callable[[RunState, int], None] | None = None,
+        start: int = 0) -> RunState:
+    """Runs steps ``start`` … ``num_iterations`` from ``state`` in compiled chunks.
 
     on_chunk(state, iterations_done) is called after each chunk (chunk ends: see
     `chunk_boundaries`); it may block on the state (a progress bar reads the loss). Stops early when
     every problem has diverged. Returns the last state.
     """
-    done = 0
-    for mark in chunk_boundaries(num_iterations, every):
+    done = start
+    for mark in chunk_boundaries(num_iterations, every, start=start):
         state = run_steps(state, mark - done, vgg, targets, spec, method, dtype)
         done = mark
         if on_chunk is not None:

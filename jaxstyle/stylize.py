@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -22,6 +23,7 @@ import numpy as np
 from jaxstyle import losses, optimize, vgg19
 from jaxstyle.image_io import fit_long_side, original_colors
 from jaxstyle.config import Config
+from jaxstyle.errors import ConfigError
 
 Array = jax.Array
 
@@ -98,6 +100,15 @@ def _targets(vgg, contents, styles, blend, spec, dtype):
     return losses.targets(vgg, contents, styles, blend, spec, jnp.dtype(dtype))
 
 
+def style_size(height: int, width: int, long_side: int, min_side: int) -> tuple[int, int]:
+    """A style image's size: long side ``long_side``, enlarged if needed so that the short side is
+    at least ``min_side`` (a panorama must still reach the deepest style layer)."""
+    h, w = fit_long_side(height, width, long_side)
+    if min(h, w) < min_side:
+        h, w = fit_long_side(height, width, math.ceil(long_side * min_side / min(h, w)))
+    return h, w
+
+
 def scale_sizes(cfg: Config, height: int, width: int) -> list[tuple[int, int]]:
     """The (h, w) of every scale for a ``height`` x ``width`` content image."""
     return [fit_long_side(height, width, s) for s in cfg.all_scales]
@@ -133,12 +144,18 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
     blend = cfg.blend_weights(len(styles))
     sizes = scale_sizes(cfg, height, width)
     first_scale = start.scale_index if start else 0
+    min_side = vgg19.min_input_side(spec.layers)
     state = None
+    diverged = jnp.zeros((num_problems,), bool)
     for index in range(first_scale, len(sizes)):
         h, w = sizes[index]
+        if min(h, w) < min_side:
+            raise ConfigError(
+                f"a {width}x{height} content image at {max(h, w)} px is {w}x{h}, too small for "
+                f"layer {spec.layers[-1]} (needs {min_side} px on the short side); raise the size")
         scaled = resize(contents, h, w)
-        style_long = max(16, round(cfg.style_scale * max(h, w)))
-        scaled_styles = [resize(s, *fit_long_side(s.shape[0], s.shape[1], style_long))[None]
+        style_long = max(min_side, round(cfg.style_scale * max(h, w)))
+        scaled_styles = [resize(s, *style_size(s.shape[0], s.shape[1], style_long, min_side))[None]
                          for s in map(lambda s: jnp.asarray(s, jnp.float32), styles)]
         targets = _targets(vgg, scaled, scaled_styles, jnp.asarray(blend), spec, cfg.compute_dtype)
         targets = optimize.problem_targets(targets, num_problems)
@@ -148,16 +165,17 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
             images = resize(jnp.asarray(start.images, jnp.float32), h, w)
         else:
             images = initial_images(cfg, scaled, [s[0] for s in scaled_styles], init_image)
-        state = optimize.init_state(images, method)
+        # A problem that diverged at a coarser scale stays frozen (its last finite image, resized).
+        state = dataclasses.replace(optimize.init_state(images, method), diverged=diverged)
         done = start.iteration if (start and index == start.scale_index) else 0
         report = None
         if on_progress is not None:
-            report = lambda s, n, i=index, d=done: on_progress(  # noqa: E731
-                Progress(i, len(sizes), d + n, cfg.num_iterations, s))
-        state = optimize.run(state, cfg.num_iterations - done, vgg, targets, spec, method,
-                             cfg.compute_dtype, every, report)
-        if bool(jnp.any(state.diverged)):
-            break
+            report = lambda s, n, i=index: on_progress(  # noqa: E731
+                Progress(i, len(sizes), n, cfg.num_iterations, s))
+        if not bool(jnp.all(diverged)):
+            state = optimize.run(state, cfg.num_iterations, vgg, targets, spec, method,
+                                 cfg.compute_dtype, every, report, start=done)
+        diverged = state.diverged
     images = to_host(state.image)
     if cfg.original_colors:
         originals = to_host(resize(contents, *images.shape[1:3]))

@@ -293,6 +293,14 @@ def load(path: str | os.PathLike, source: str | None = None, pooling: str = "max
     return VGG(params=params, preprocessing=loaded.preprocessing, source=loaded.source).with_pooling(pooling)
 
 
+def min_input_side(layers: Iterable[str]) -> int:
+    """The smallest image side for which every layer of ``layers`` is at least 1x1: 2 ** (number
+    of poolings before the deepest)."""
+    deepest = check_layers(layers)[-1]
+    pools = sum(name.startswith("pool") for name in LAYER_NAMES[: LAYER_NAMES.index(deepest) + 1])
+    return 2**pools
+
+
 @functools.lru_cache(maxsize=None)
 def output_shape(layer: str, height: int, width: int) -> tuple[int, int, int]:
     """(h, w, C) of ``layer``'s activation for an HxW input."""

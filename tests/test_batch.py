@@ -95,7 +95,8 @@ SHARDED = textwrap.dedent("""
     rng = np.random.default_rng(0)
     contents = [rng.random(s + (3,), dtype=np.float32) for s in [(24, 32), (24, 32), (24, 32)]]
     style = rng.random((24, 24, 3), dtype=np.float32)
-    cfg = Config(image_size=32, num_iterations=5, content_weight=1e4, style_weight=1e9)
+    cfg = Config(image_size=32, num_iterations=5, content_weight=1e4, style_weight=1e9,
+                 init="noise")
     mesh = batch.device_mesh()
     results = batch.stylize_many(vgg, contents, [style], cfg, batch_size=4, mesh=mesh)
     errors = [float(np.abs(r.images - stylize.stylize_batch(vgg, c[None], [style], cfg).images).max())
@@ -112,6 +113,6 @@ def test_sharded_over_simulated_devices():
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads(out.stdout.strip().splitlines()[-1])
     assert record["devices"] == 2 and record["mesh"] == 2
-    # Looser than in-process: a different batch split per device reorders float sums, and L-BFGS
-    # with large loss weights amplifies that a little over a few steps.
-    assert max(record["errors"]) < 2e-3
+    # Noise init: at the content image the content gradient is pure rounding noise, which a
+    # different batch split reorders and L-BFGS amplifies; from noise, runs agree closely.
+    assert max(record["errors"]) < 5e-4
