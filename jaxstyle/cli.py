@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from jaxstyle.config import DTYPES, INITS, NORMALIZATIONS, OPTIMIZERS, Config
 from jaxstyle.errors import JaxstyleError
+from jaxstyle.files import atomic_write
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -239,13 +239,9 @@ def save_checkpoint(path: Path, images, scale_index: int, iteration: int, cfg: C
     """The run's images and position, written atomically next to the output (for --resume)."""
     import numpy as np
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, images=np.asarray(images), scale_index=scale_index, iteration=iteration,
-                 config=json.dumps(dataclasses.asdict(cfg)))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(
+        f, images=np.asarray(images), scale_index=scale_index, iteration=iteration,
+        config=json.dumps(dataclasses.asdict(cfg))))
 
 
 def load_checkpoint(path: Path, cfg: Config):

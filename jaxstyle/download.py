@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Callable
 
 from jaxstyle import weights
 from jaxstyle.errors import JaxstyleError
+from jaxstyle.files import atomic_write
 
 DEFAULT_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
                "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
@@ -50,22 +50,16 @@ def download(url: str, dst: str | os.PathLike, md5: str | None, progress: Progre
     dst = Path(dst)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
     except OSError as e:
         raise JaxstyleError(f"cannot write to {dst.parent}: {e.strerror or e}") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            found = _fetch(url, f, progress, timeout, dst, convert_to)
-            f.flush()
-            os.fsync(f.fileno())
-        if md5 is not None and found != md5.lower():
+
+    def fetch_checked(f) -> None:
+        found = _fetch(url, f, progress, timeout, dst, convert_to)
+        if md5 is not None and found != md5.lower():  # raising here discards the temporary file
             raise JaxstyleError(f"download of {url} has md5 {found}, expected {md5}: the download "
                                 f"was damaged or the file changed; try again or fetch it by hand")
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(dst, fetch_checked)
     return dst
 
 

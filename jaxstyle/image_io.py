@@ -9,18 +9,17 @@ a one-line ``JaxstyleError``.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import stat
 import struct
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Sequence, Union
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from jaxstyle.errors import JaxstyleError
+from jaxstyle.files import atomic_write
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -213,42 +212,6 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(np.nan_to_num(array), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write ``path`` via a temp file in its directory and ``os.replace``.
-
-    Readers see either the old file or the complete new one. On any failure the temp file is
-    removed and the old file is untouched; OSErrors (disk full, ...) become a JaxstyleError.
-    """
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    except OSError as e:
-        raise JaxstyleError(f"cannot write output '{path}' ({_one_line(e)})") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give the mode a plain open would
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise JaxstyleError(f"cannot write output '{path}' ({_one_line(e)})") from e
-        raise
-    return path
-
-
-def _file_mode(path: Path) -> int:
-    """The existing file's permissions, else the default for a new file (0666 minus umask)."""
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        umask = os.umask(0)  # reading the umask means setting it; put it straight back
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def save_image(image: np.ndarray, path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path:
     """Save float[H, W, 3] in [0, 1] (clipped, rounded to 8 bits) atomically; returns the path.
 
@@ -258,7 +221,7 @@ def save_image(image: np.ndarray, path: PathLike, inputs: Iterable[PathLike | No
     path = check_output_path(path, inputs)
     pil = Image.fromarray(_to_uint8(image))
     fmt = OUTPUT_FORMATS[path.suffix.lower()]
-    return _atomic_write(path, lambda f: pil.save(f, format=fmt, **_SAVE_OPTIONS.get(fmt, {})))
+    return atomic_write(path, lambda f: pil.save(f, format=fmt, **_SAVE_OPTIONS.get(fmt, {})))
 
 
 def save_gif(
@@ -280,7 +243,7 @@ def save_gif(
     if not images or len({im.size for im in images}) != 1:
         raise ValueError("save_gif needs at least one frame, all of the same size")
     first, *rest = images
-    return _atomic_write(
+    return atomic_write(
         path,
         lambda f: first.save(
             f, format="GIF", save_all=True, append_images=rest, duration=duration_ms, loop=loop

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from jaxstyle import sources
 from jaxstyle.errors import JaxstyleError
+from jaxstyle.files import atomic_write
 from jaxstyle.vgg19 import CONV_LAYERS, Preprocessing
 
 FORMAT = "jaxstyle-vgg19"
@@ -162,48 +162,16 @@ def _remove_empty_dirs(dirs: list[Path]) -> None:
 
 
 def _write_atomically(dst: Path, header: bytes, layers: list[sources.LazyLayer]) -> int:
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
-    except OSError as e:
-        raise JaxstyleError(f"cannot write to {dst.parent}: {e.strerror or e}") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            for layer in layers:
-                kernel, bias = layer.load()  # C-contiguous little-endian float32
-                f.write(memoryview(kernel).cast("B"))  # no copy
-                f.write(memoryview(bias).cast("B"))
-                del kernel, bias  # keep one layer alive, not two
-            f.flush()
-            os.fsync(f.fileno())
-            nbytes = f.tell()
-        os.replace(tmp, dst)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise JaxstyleError(f"cannot write {dst}: {e.strerror or e}") from None
-        raise
-    _fsync_dir(dst.parent)
-    return nbytes
+    def write(f) -> int:
+        f.write(header)
+        for layer in layers:
+            kernel, bias = layer.load()  # C-contiguous little-endian float32
+            f.write(memoryview(kernel).cast("B"))  # no copy
+            f.write(memoryview(bias).cast("B"))
+            del kernel, bias  # keep one layer alive, not two
+        return f.tell()
 
-
-def _fsync_dir(directory: Path) -> None:
-    """Makes the rename durable (where the platform allows opening a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# ------------------------------------------------------------------------------------------------
-# Reading.
+    return atomic_write(dst, write)
 
 
 def read(path: str | os.PathLike, source: str | None = None) -> LoadedWeights:

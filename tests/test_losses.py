@@ -190,7 +190,7 @@ def test_conv3x3_custom_vjp_equals_plain_grad(precomputed):
     kernel = randn((3, 3, 3, 5), 51)
     bias = randn((5,), 52)
     cot = randn((2, 7, 9, 5), 53)
-    grad_kernel = vgg19.flip_kernel(kernel) if precomputed else None
+    grad_kernel = vgg19.prepare_kernel(kernel) if precomputed else None
 
     out, vjp = jax.vjp(lambda x, k, b: vgg19.conv3x3(x, k, b, grad_kernel), x, kernel, bias)
     out_plain, vjp_plain = jax.vjp(_plain_conv, x, kernel, bias)
@@ -344,3 +344,23 @@ def test_weight_changes_do_not_retrace(shallow_problem, images):
     content = _features(vgg, jnp.asarray(images["content"]), ("relu1_1",))
     objective(vgg, x, losses.Targets(content=content, style=tg.style), other)
     assert len(traces) == 2
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 8), (1, 5, 7)], ids=["even", "odd"])
+@pytest.mark.parametrize("precomputed", [False, True], ids=["inside", "prepared"])
+def test_wide_convolution_winograd_path_equals_plain(shape, precomputed):
+    # 512 -> 512 channels takes the Winograd F(2x2, 3x3) path on CPU; values and all three
+    # gradients must equal the direct convolution's (odd sizes exercise the padded last tile).
+    channels = vgg19.WINOGRAD_MIN_CHANNELS
+    assert vgg19.use_winograd(channels, channels)
+    b, h, w = shape
+    x = randn((b, h, w, channels), 60)
+    kernel = 0.02 * randn((3, 3, channels, channels), 61)
+    bias = randn((channels,), 62)
+    cot = randn((b, h, w, channels), 63)
+    prepared = vgg19.prepare_kernel(kernel) if precomputed else None
+    out, vjp = jax.vjp(lambda x, k, b: vgg19.conv3x3(x, k, b, prepared), x, kernel, bias)
+    out_plain, vjp_plain = jax.vjp(_plain_conv, x, kernel, bias)
+    assert rel(out, out_plain) < 1e-5
+    for got, want in zip(vjp(cot), vjp_plain(cot)):
+        assert rel(got, want) < 1e-5
