@@ -221,7 +221,8 @@ def save_image(image: np.ndarray, path: PathLike, inputs: Iterable[PathLike | No
     path = check_output_path(path, inputs)
     pil = Image.fromarray(_to_uint8(image))
     fmt = OUTPUT_FORMATS[path.suffix.lower()]
-    return atomic_write(path, lambda f: pil.save(f, format=fmt, **_SAVE_OPTIONS.get(fmt, {})))
+    atomic_write(path, lambda f: pil.save(f, format=fmt, **_SAVE_OPTIONS.get(fmt, {})))
+    return path
 
 
 def save_gif(
@@ -243,12 +244,13 @@ def save_gif(
     if not images or len({im.size for im in images}) != 1:
         raise ValueError("save_gif needs at least one frame, all of the same size")
     first, *rest = images
-    return atomic_write(
+    atomic_write(
         path,
         lambda f: first.save(
             f, format="GIF", save_all=True, append_images=rest, duration=duration_ms, loop=loop
         ),
     )
+    return path
 
 
 def save_strip(

@@ -58,7 +58,9 @@ def test_output_path_names_after_inputs(tmp_path):
 def test_batched_run_equals_each_image_alone(vgg):
     # Two shapes (two buckets); the first bucket (3 images, cap 2) splits into a full batch and a
     # padded one; noise init. Every image must come out as it does alone, whatever its position.
-    cfg = Config(image_size=32, num_iterations=4, init="noise", seed=3)
+    # Adam: L-BFGS (below, and in the sharded test) amplifies the last-bit differences that a
+    # different batch makes in the matrix products; Adam's normalized steps do not.
+    cfg = Config(image_size=32, num_iterations=4, init="noise", seed=3, optimizer="adam")
     contents = _images(1, [(24, 32), (32, 24), (24, 32), (24, 32)])
     style = _images(2, [(28, 28)])[0]
     compiled_before = optimize.run_steps._cache_size()
