@@ -149,14 +149,22 @@ def use_winograd(cin: int, cout: int) -> bool:
 
 
 def winograd_kernel(kernel: Array) -> Array:
-    """float[3, 3, Cin, Cout] -> float[16, Cin, Cout]: G·k·Gᵀ per channel pair."""
-    u = jnp.einsum("ai,ijco,bj->abco", _WINOGRAD_G, kernel.astype(jnp.float32), _WINOGRAD_G)
-    return u.reshape(16, *kernel.shape[2:]).astype(kernel.dtype)
+    """float[3, 3, Cin, Cout] -> float[16, Cin, Cout]: G·k·Gᵀ per channel pair.
+
+    Written as weighted sums of the nine [Cin, Cout] slices (one fused pass) rather than an einsum,
+    which XLA turns into slow small-matrix products: this runs on every call of an un`prepare`d
+    network."""
+    k = kernel.astype(jnp.float32)
+    rows = [_combine(_WINOGRAD_G[a], [k[i] for i in range(3)]) for a in range(4)]
+    u = jnp.stack([_combine(_WINOGRAD_G[b], [r[j] for j in range(3)])
+                   for r in rows for b in range(4)])
+    return u.astype(kernel.dtype)
+
 
 
 def _combine(coefficients, arrays):
-    """Σ c·a over the non-zero coefficients (all ±1 here): adds that XLA fuses into one pass."""
-    terms = [a if c == 1 else -a for c, a in zip(coefficients, arrays) if c != 0]
+    """Σ c·a over the non-zero (constant) coefficients: adds that XLA fuses into one pass."""
+    terms = [a if c == 1 else -a if c == -1 else c * a for c, a in zip(coefficients, arrays) if c]
     out = terms[0]
     for t in terms[1:]:
         out = out + t
