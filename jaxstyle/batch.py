@@ -190,7 +190,7 @@ def run_cli(args, cfg: Config) -> int:
 
     vgg = cli.load_network(args, quiet)
     names = list(loaded)
-    bar = cli._progress_bar(len(names) * len(pairs) * cfg.num_iterations * len(cfg.all_scales),
+    bar = cli.progress_bar(len(names) * len(pairs) * cfg.num_iterations * len(cfg.all_scales),
                             "it", quiet, desc=f"stylize {len(names)}×{len(pairs)}")
     offset = 0
     diverged = []

@@ -182,7 +182,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 # Commands.
 
 
-def _progress_bar(total: int, unit: str, quiet: bool, **kwargs):
+def progress_bar(total: int, unit: str, quiet: bool, **kwargs):
     from tqdm import tqdm
 
     return tqdm(total=total, unit=unit, disable=quiet, dynamic_ncols=True, file=sys.stderr, **kwargs)
@@ -194,7 +194,7 @@ def _download_progress(quiet: bool):
     def update(done: int, total: int | None) -> None:
         nonlocal bar
         if bar is None:
-            bar = _progress_bar(total or 0, "B", quiet, unit_scale=True, desc="download")
+            bar = progress_bar(total or 0, "B", quiet, unit_scale=True, desc="download")
         bar.update(done - bar.n)
 
     return update
@@ -295,7 +295,7 @@ def cmd_stylize(args) -> int:
     vgg = load_network(args, args.quiet)
 
     total = cfg.num_iterations * len(cfg.all_scales)
-    bar = _progress_bar(total, "it", args.quiet, desc="stylize")
+    bar = progress_bar(total, "it", args.quiet, desc="stylize")
     frames: list[np.ndarray] = []
     last: dict = {}
 
