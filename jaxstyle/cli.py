@@ -342,8 +342,7 @@ def cmd_stylize(args) -> int:
         if len(sizes) > 1:  # coarse-to-fine: bring early frames to the final size
             frames = [image_io.resize(f, *result.images[0].shape[:2]) for f in frames]
         (image_io.save_gif if gif.suffix.lower() == ".gif" else image_io.save_strip)(frames, gif)
-    if result.diverged[0]:
-        save_checkpoint(checkpoint, result.images, 0, 0, cfg)
+    if result.diverged[0]:  # no checkpoint: resuming from where it diverged would diverge again
         raise JaxstyleError(
             f"the loss became NaN or infinite; kept the last finite image in {output}. Lower "
             "--style-weight (or --learning-rate with adam) and run again")
