@@ -348,19 +348,31 @@ def test_weight_changes_do_not_retrace(shallow_problem, images):
 
 @pytest.mark.parametrize("shape", [(2, 6, 8), (1, 5, 7)], ids=["even", "odd"])
 @pytest.mark.parametrize("precomputed", [False, True], ids=["inside", "prepared"])
-def test_wide_convolution_winograd_path_equals_plain(shape, precomputed):
-    # 512 -> 512 channels takes the Winograd F(2x2, 3x3) path on CPU; values and all three
-    # gradients must equal the direct convolution's (odd sizes exercise the padded last tile).
-    channels = vgg19.WINOGRAD_MIN_CHANNELS
-    assert vgg19.use_winograd(channels, channels)
+@pytest.mark.parametrize("channels", [(512, 512), (128, 256)], ids=["512-512", "128-256"])
+@pytest.mark.parametrize("bands", ["one", "per-row"])
+def test_wide_convolution_winograd_path_equals_plain(shape, precomputed, channels, bands,
+                                                      monkeypatch):
+    # Wide convolutions take the Winograd F(2x2, 3x3) path on CPU; values and all three gradients
+    # must equal the direct convolution's (odd sizes exercise the padded last tile, "per-row"
+    # splits the image into one band of tiles per row, each with its own halo).
+    cin, cout = channels
+    assert vgg19.use_winograd(cin, cout) and vgg19.use_winograd(cout, cin)
+    if bands == "per-row":
+        monkeypatch.setattr(vgg19, "WINOGRAD_BAND_BYTES", 1)
     b, h, w = shape
-    x = randn((b, h, w, channels), 60)
-    kernel = 0.02 * randn((3, 3, channels, channels), 61)
-    bias = randn((channels,), 62)
-    cot = randn((b, h, w, channels), 63)
+    x = randn((b, h, w, cin), 60)
+    kernel = 0.02 * randn((3, 3, cin, cout), 61)
+    bias = randn((cout,), 62)
+    cot = randn((b, h, w, cout), 63)
     prepared = vgg19.prepare_kernel(kernel) if precomputed else None
     out, vjp = jax.vjp(lambda x, k, b: vgg19.conv3x3(x, k, b, prepared), x, kernel, bias)
     out_plain, vjp_plain = jax.vjp(_plain_conv, x, kernel, bias)
     assert rel(out, out_plain) < 1e-5
     for got, want in zip(vjp(cot), vjp_plain(cot)):
         assert rel(got, want) < 1e-5
+
+
+def test_narrow_convolutions_stay_direct():
+    # The first two blocks (<= 128 x 128 channels) would lose to the tile transforms.
+    assert not vgg19.use_winograd(64, 128)
+    assert not vgg19.use_winograd(128, 128)
