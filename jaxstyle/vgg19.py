@@ -144,7 +144,9 @@ _WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 WINOGRAD_MIN_CHANNEL_PRODUCT = 128 * 256
 # The transformed tiles of a whole 64x64x256 layer (16 MB in, 16 MB out) overflow a 32 MB L3 and
 # made the layer slower than direct; a band of tile rows at a time keeps them cache-resident.
+# At most this many bands (each is unrolled into the program: compile time and size grow with it).
 WINOGRAD_BAND_BYTES = 16 << 20
+WINOGRAD_MAX_BANDS = 8
 
 
 def use_winograd(cin: int, cout: int) -> bool:
@@ -197,7 +199,8 @@ def _winograd_conv(x: Array, u: Array) -> Array:
     th, tw = (h + 1) // 2, (w + 1) // 2  # 2x2 output tiles
     xp = jnp.pad(x, ((0, 0), (1, 2 * th - h + 1), (1, 2 * tw - w + 1), (0, 0)))
     band_row_bytes = 16 * b * tw * (c + u.shape[-1]) * x.dtype.itemsize
-    rows_per_band = max(1, min(th, WINOGRAD_BAND_BYTES // band_row_bytes))
+    rows_per_band = max(1, min(th, WINOGRAD_BAND_BYTES // band_row_bytes),
+                        -(-th // WINOGRAD_MAX_BANDS))
     bands, previous = [], None
     for r0 in range(0, th, rows_per_band):
         r1 = min(th, r0 + rows_per_band)
