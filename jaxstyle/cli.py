@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -67,6 +68,9 @@ def _add_weights_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR",
                    help="where downloaded/converted weights live (default: $JAXSTYLE_CACHE, else "
                         "$XDG_CACHE_HOME/jaxstyle, else ~/.cache/jaxstyle)")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not keep compiled programs in CACHE_DIR/xla (kept by default, so a "
+                        "second run with the same image sizes starts without compiling)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -231,6 +235,28 @@ def load_network(args, quiet: bool = False):
     return vgg19.load(path, source=args.source)
 
 
+def enable_compilation_cache(args) -> None:
+    """JAX's persistent compilation cache in ``<cache dir>/xla``, unless the user turned it off
+    (``--no-compile-cache``, ``JAXSTYLE_COMPILE_CACHE=0``) or set their own
+    (``JAX_COMPILATION_CACHE_DIR``). A full VGG step takes seconds to compile; a cached one loads."""
+    import jax
+
+    from jaxstyle import download
+
+    if args.no_compile_cache or os.environ.get("JAXSTYLE_COMPILE_CACHE") == "0":
+        return
+    if jax.config.jax_compilation_cache_dir:
+        return
+    path = download.cache_dir(args.cache_dir) / "xla"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"jaxstyle: warning: not caching compiled programs: cannot create {path} "
+              f"({e.strerror}); --no-compile-cache silences this", file=sys.stderr)
+        return
+    jax.config.update("jax_compilation_cache_dir", str(path))
+
+
 def _snapshot_path(output: Path, iteration: int) -> Path:
     return output.with_name(f"{output.stem}_{iteration}{output.suffix}")
 
@@ -276,6 +302,7 @@ def cmd_stylize(args) -> int:
     from jaxstyle.stylize import stylize_batch
 
     cfg = config_from_args(args)
+    enable_compilation_cache(args)
     contents = [Path(c) for c in args.content]
     if len(contents) > 1 or contents[0].is_dir() or args.all_pairs:
         from jaxstyle import batch  # several images: the batch runner (outputs into a directory)

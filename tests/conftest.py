@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 import synthetic_weights as sw
 from jaxstyle import weights
+
+# In-process CLI tests must not point this process's JAX compilation cache at the user's cache
+# directory; the test of the cache itself runs the CLI in subprocesses without this.
+os.environ["JAXSTYLE_COMPILE_CACHE"] = "0"
 
 
 @pytest.fixture(scope="session")
