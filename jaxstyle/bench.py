@@ -21,6 +21,12 @@ mean-squared errors ("neural-style" normalization), and the reference's default 
 (content 1e4, style 1e9, TV 1 on the reference's TV scale). A batch of B is B independent problems
 (`optimize.init_state` on [B, S, S, 3], `optimize.problem_targets`), which is how jaxstyle stylizes
 batches; the reference optimizes one [B, 3, S, S] tensor.
+
+``--devices 1,2,...`` adds jaxstyle runs with the batch sharded over that many devices (the first N
+of ``jax.devices()``; on a CPU the worker simulates them with
+``--xla_force_host_platform_device_count``, which shares the same cores, so only the code path is
+exercised there). The reference runs on one device only, so multi-device rows carry no ratio; the
+summary's ``scaling`` rows compare each with the one-device run of the same per-device batch.
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxstyle import losses, optimize, sources, vgg19
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxstyle import batch, losses, optimize, sources, vgg19
 from jaxstyle.config import DTYPES, OPTIMIZERS, Config
 
 # Shared files, relative to the repository root (or the working directory).
@@ -78,6 +86,7 @@ class BenchOptions:
 
     sizes: tuple[int, ...] = (256, 512, 1024)
     batches: tuple[int, ...] = (1, 4, 8)
+    devices: tuple[int, ...] = (1,)  # device counts to shard each batch over
     optimizers: tuple[str, ...] = ("adam", "lbfgs")
     iters: int = 20
     warmup: int = 5
@@ -108,6 +117,7 @@ class SpeedTask:
     warmup: int
     dtype: str
     seed: int
+    devices: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,9 +204,15 @@ class Problem:
     dtype: str
 
     @classmethod
-    def build(cls, vgg: vgg19.VGG, content: jax.Array, style: jax.Array, cfg: Config) -> "Problem":
-        """content: float32[P, S, S, 3]; style: float32[1, Hs, Ws, 3]."""
-        vgg = jax.device_put(vgg)  # `vgg19.init` gives numpy weights: copied in at every call
+    def build(cls, vgg: vgg19.VGG, content: jax.Array, style: jax.Array, cfg: Config,
+              devices: int = 1) -> "Problem":
+        """content: float32[P, S, S, 3]; style: float32[1, Hs, Ws, 3]. The P problems are sharded
+        over the first ``devices`` devices (P must be a multiple), as `batch.stylize_many` does."""
+        mesh = batch.device_mesh(jax.devices()[:devices])
+        by_problem = NamedSharding(mesh, PartitionSpec("batch"))
+        # `vgg19.init` gives numpy weights: put them on the devices once, not at every call.
+        vgg = jax.device_put(vgg, NamedSharding(mesh, PartitionSpec()))
+        content = jax.device_put(content, by_problem)
         spec = losses.LossSpec.from_config(cfg)
         compute_targets = jax.jit(losses.targets, static_argnames=("dtype",))
         targets = compute_targets(vgg, content, [style], (1.0,), spec,
@@ -283,19 +299,22 @@ def measure_speed(task: SpeedTask) -> Record:
     """jaxstyle's record for one (size, batch, optimizer): compile time, ms per step and per
     evaluation, images/s, TFLOP/s and peak memory."""
     info = _device_record()  # initializes the backend before the memory baseline
+    if len(jax.devices()) < task.devices:
+        raise SystemExit(f"only {len(jax.devices())} device(s), {task.devices} asked for")
     baseline_rss = _max_rss_bytes()
     key_vgg, key_content, key_style = jax.random.split(jax.random.key(task.seed), 3)
     vgg = vgg19.init(key_vgg, sources.TORCHVISION)
     shape = (task.size, task.size, 3)
     content = jax.random.uniform(key_content, (task.batch, *shape), jnp.float32)
     style = jax.random.uniform(key_style, (1, *shape), jnp.float32)
-    problem = Problem.build(vgg, content, style, bench_config(task.optimizer, task.dtype))
+    problem = Problem.build(vgg, content, style, bench_config(task.optimizer, task.dtype),
+                            task.devices)
     steps = _time_steps(problem, task.iters, task.warmup)
     evaluations = _time_evaluations(problem, task.iters, task.warmup)
     peak, peak_source = _peak_memory(baseline_rss)
     return {
         "impl": "jaxstyle", **info, "size": task.size, "batch": task.batch,
-        "optimizer": task.optimizer, "dtype": task.dtype, "iters": task.iters,
+        "devices": task.devices, "optimizer": task.optimizer, "dtype": task.dtype, "iters": task.iters,
         "warmup": task.warmup, "compile_s": steps["compile_s"], "ms_per_step": steps["ms_per_step"],
         "ms_per_eval": evaluations["ms_per_eval"],
         "run_steps_programs": steps["run_steps_programs"],
@@ -375,18 +394,23 @@ class ChildResult:
         return f"failed with exit status {self.returncode}: {last[:300]}"
 
 
-def _child_env() -> dict[str, str]:
-    """The environment with this package importable (scripts/bench.py may run from a checkout)."""
+def _child_env(devices: int = 1) -> dict[str, str]:
+    """The environment with this package importable (scripts/bench.py may run from a checkout);
+    with ``devices`` > 1, that many host devices too (used only where JAX runs on the CPU)."""
     env = dict(os.environ)
+    if devices > 1:
+        flag = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS"), flag) if f)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
 
 
-def run_child(command: Sequence[str], max_seconds: float) -> ChildResult:
+def run_child(command: Sequence[str], max_seconds: float, devices: int = 1) -> ChildResult:
     """Runs ``command`` to completion (killed after ``max_seconds``), keeping its own peak RSS."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(list(command), stdout=out, stderr=err, env=_child_env())
+        process = subprocess.Popen(list(command), stdout=out, stderr=err,
+                                   env=_child_env(devices))
         expired = threading.Event()
 
         def kill() -> None:
@@ -406,10 +430,10 @@ def run_child(command: Sequence[str], max_seconds: float) -> ChildResult:
                            expired.is_set())
 
 
-def run_for_record(command: Sequence[str], max_seconds: float
+def run_for_record(command: Sequence[str], max_seconds: float, devices: int = 1
                    ) -> tuple[ChildResult, Record | None, str | None]:
     """(the finished child, its last JSON record with an "impl" key, why there is none)."""
-    child = run_child(command, max_seconds)
+    child = run_child(command, max_seconds, devices)
     failure = child.failure(max_seconds)
     records = [r for r in child.json_lines() if "impl" in r]
     if failure is None and not records:
@@ -464,13 +488,13 @@ class FailureLog:
 
 
 def _measure(impl: str, command: list[str], options: BenchOptions, key: tuple[int, int, str],
-             failures: FailureLog) -> Measurement:
+             failures: FailureLog, devices: int = 1) -> Measurement:
     """Runs one implementation's subprocess for ``key`` = (size, batch, optimizer)."""
     size, batch, optimizer = key
     blocked = failures.blocker(impl, optimizer, size, batch)
     if blocked:
         return Measurement(None, blocked)
-    child, record, failure = run_for_record(command, options.max_seconds)
+    child, record, failure = run_for_record(command, options.max_seconds, devices)
     if failure is not None:
         failures.add(impl, optimizer, size, batch, failure)
         return Measurement(None, failure)
@@ -495,11 +519,11 @@ def _with_ratio(record: Record, reference: Measurement, options: BenchOptions) -
 
 
 def _table_row(key: tuple[int, int, str], ours: Measurement, reference: Measurement,
-               record: Record) -> Record:
+               record: Record, devices: int = 1) -> Record:
     """The summary table's row for one configuration (``record``: jaxstyle's, with the ratio)."""
     size, batch, optimizer = key
     ref = reference.record or {}
-    row: Record = {"size": size, "batch": batch, "optimizer": optimizer,
+    row: Record = {"size": size, "batch": batch, "optimizer": optimizer, "devices": devices,
                    "ratio_vs_reference": record.get("ratio_vs_reference")}
     for field, ours_field, ref_field in (("ms", "ms_per_step", "ms_per_eval"),
                                          ("images_per_s", "images_per_s", "images_per_s"),
@@ -516,9 +540,10 @@ def _table_row(key: tuple[int, int, str], ours: Measurement, reference: Measurem
 
 
 def measure_configuration(options: BenchOptions, key: tuple[int, int, str],
-                          failures: FailureLog, emit: Callable[[Record], None]) -> Record:
-    """Both implementations for key = (size, batch, optimizer), the reference first; emits their
-    records and returns the summary table's row."""
+                          failures: FailureLog, emit: Callable[[Record], None]) -> list[Record]:
+    """Both implementations for key = (size, batch, optimizer), the reference first, then
+    jaxstyle on each device count of ``options.devices``; emits their records and returns the
+    summary table's rows (one per device count)."""
     size, batch, optimizer = key
     reference = Measurement(None, options.reference_note)
     if options.reference is not None:
@@ -527,23 +552,55 @@ def measure_configuration(options: BenchOptions, key: tuple[int, int, str],
         reference = _measure("torch-reference", command, options, key, failures)
         emit(reference.record or _skipped_record("torch-reference", key, "float32",
                                                  reference.skipped))
-    task = SpeedTask(size, batch, optimizer, options.iters, options.warmup, options.dtype,
-                     options.seed)
-    ours = _measure("jaxstyle", worker_command(task), options, key, failures)
-    record = (_with_ratio(ours.record, reference, options) if ours.record
-              else _skipped_record("jaxstyle", key, options.dtype, ours.skipped))
-    emit(record)
-    return _table_row(key, ours, reference, record)
+    rows = []
+    for devices in options.devices:
+        impl = "jaxstyle" if devices == 1 else f"jaxstyle on {devices} devices"
+        if batch % devices:
+            ours = Measurement(None, f"batch {batch} does not split over {devices} devices")
+        else:
+            task = SpeedTask(size, batch, optimizer, options.iters, options.warmup,
+                             options.dtype, options.seed, devices)
+            ours = _measure(impl, worker_command(task), options, key, failures, devices)
+        # The reference runs on one device: only the one-device run is compared with it.
+        against = reference if devices == 1 else Measurement(None, "reference: one device only")
+        if ours.record:
+            record = (_with_ratio(ours.record, against, options) if devices == 1
+                      else {**ours.record, "reference_ms_per_eval": None,
+                            "ratio_vs_reference": None})
+        else:
+            record = {**_skipped_record("jaxstyle", key, options.dtype, ours.skipped),
+                      "devices": devices}
+        emit(record)
+        rows.append(_table_row(key, ours, against, record, devices))
+    return rows
 
 
 def run_speed(options: BenchOptions, emit: Callable[[Record], None]) -> list[Record]:
-    """The speed table: every (size, batch, optimizer), smallest first (none with --no-speed)."""
+    """The speed table: every (size, batch, optimizer, devices), smallest first (none with
+    --no-speed)."""
     if not options.speed:
         return []
     failures = FailureLog()
-    return [measure_configuration(options, (size, batch, optimizer), failures, emit)
-            for size in options.sizes for batch in options.batches
-            for optimizer in options.optimizers]
+    return [row for size in options.sizes for batch in options.batches
+            for optimizer in options.optimizers
+            for row in measure_configuration(options, (size, batch, optimizer), failures, emit)]
+
+
+def device_scaling(rows: Sequence[Record]) -> list[Record]:
+    """For each multi-device row (N devices, batch B): its images/s against N times the images/s of
+    one device with batch B/N (same size and optimizer). 1.0 is linear scaling."""
+    single = {(r["size"], r["batch"], r["optimizer"]): r["jaxstyle_images_per_s"]
+              for r in rows if r["devices"] == 1 and r["jaxstyle_images_per_s"]}
+    scaling = []
+    for r in rows:
+        n = r["devices"]
+        base = single.get((r["size"], r["batch"] // n, r["optimizer"]))
+        if n > 1 and base and r["jaxstyle_images_per_s"]:
+            scaling.append({"size": r["size"], "batch": r["batch"], "optimizer": r["optimizer"],
+                            "devices": n, "images_per_s": r["jaxstyle_images_per_s"],
+                            "one_device_images_per_s": base, "one_device_batch": r["batch"] // n,
+                            "efficiency": _significant(r["jaxstyle_images_per_s"] / (n * base))})
+    return scaling
 
 
 # ----------------------------------------------------------------------------------------------
@@ -637,7 +694,7 @@ def summary(options: BenchOptions, rows: list[Record], quality: Record | None) -
         "jax": _version("jax"), "torch": _version("torch"), "cpu_count": os.cpu_count(),
         "jaxstyle_threads": "XLA's choice",
         "reference_threads": options.threads or "torch's choice",
-        "options": opts, "table": rows,
+        "options": opts, "table": rows, "scaling": device_scaling(rows),
         "time_to_quality": quality and {k: v for k, v in quality.items()
                                         if k not in ("jaxstyle_curve", "reference_curve")},
     }}
@@ -661,6 +718,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image sides in pixels (default 256,512,1024)")
     p.add_argument("--batches", type=_csv(int), default=d.batches, metavar="B1,B2",
                    help="batch sizes (default 1,4,8)")
+    p.add_argument("--devices", type=_csv(int), default=d.devices, metavar="N1,N2",
+                   help="device counts to shard each batch over (default 1; on a CPU, simulated "
+                        "devices on the same cores)")
     p.add_argument("--optimizers", type=_csv(str), default=d.optimizers, metavar="O1,O2",
                    help="adam and/or lbfgs (default both)")
     p.add_argument("--iters", type=int, default=d.iters, help="timed steps (default %(default)s)")
@@ -733,6 +793,8 @@ def options_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("--sizes: every size must be >= 16 (VGG-19 needs it)")
     if not args.batches or min(args.batches) < 1:
         parser.error("--batches: every batch must be >= 1")
+    if not args.devices or min(args.devices) < 1:
+        parser.error("--devices: every device count must be >= 1")
     if args.iters < 1 or args.warmup < 0 or args.max_seconds <= 0:
         parser.error("--iters must be >= 1, --warmup >= 0 and --max-seconds > 0")
     if args.time_to_quality and (args.ttq_size < 16 or args.ttq_evals < TRACE_EVERY):
@@ -744,6 +806,7 @@ def options_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         style = _resolve_image(parser, args.style, DEFAULT_STYLE, "style")
     return BenchOptions(
         sizes=tuple(sorted(set(args.sizes))), batches=tuple(sorted(set(args.batches))),
+        devices=tuple(sorted(set(args.devices))),
         optimizers=tuple(dict.fromkeys(args.optimizers)), iters=args.iters, warmup=args.warmup,
         dtype=args.dtype, reference=reference, reference_note=note,
         reference_tuned=args.reference_tuned, threads=args.threads, max_seconds=args.max_seconds,

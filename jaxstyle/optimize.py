@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 from jax import lax
 
 from jaxstyle import losses, vgg19
@@ -165,7 +166,21 @@ def init_state(images: Array, method: Method) -> RunState:
 
     # `run_steps` donates the state: every leaf needs a buffer of its own. Dtypes are explicit
     # (no weak types), so the state that `run_steps` returns matches this one and never recompiles.
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), jax.vmap(one)(images))
+    state = jax.tree.map(lambda x: jnp.array(x, copy=True), jax.vmap(one)(images))
+    return _shard_like(state, images)
+
+
+def _shard_like(state: RunState, images: Array) -> RunState:
+    """Every leaf split over the problem axis as ``images`` is. Otherwise per-problem scalars made
+    here would sit on one device while `run_steps` returns them laid out over the mesh, and the
+    second chunk of a sharded run would compile a second program."""
+    sharding = getattr(images, "sharding", None)
+    if not isinstance(sharding, NamedSharding):
+        return state
+    # On a one-device mesh XLA returns every leaf as P(); a P("batch") input would not match it.
+    problem_axis = sharding.spec[0] if len(sharding.spec) and sharding.mesh.size > 1 else None
+    by_problem = NamedSharding(sharding.mesh, PartitionSpec(*[problem_axis] if problem_axis else []))
+    return jax.device_put(state, by_problem)
 
 
 def problem_targets(targets: losses.Targets, num_problems: int) -> losses.Targets:

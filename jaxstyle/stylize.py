@@ -87,12 +87,15 @@ def initial_images(cfg: Config, contents: Array, styles: Sequence[Array],
     if cfg.init == "content":
         return contents
     if cfg.init == "noise":
-        noise = jax.random.uniform(jax.random.key(cfg.seed), (h, w, 3), jnp.float32)
-        return jnp.broadcast_to(noise, contents.shape)
-    source = styles[0] if cfg.init == "style" else init_image
-    if source is None:
-        raise ValueError("init 'image' needs an init image")
-    return jnp.broadcast_to(resize(jnp.asarray(source, jnp.float32), h, w), contents.shape)
+        start = jax.random.uniform(jax.random.key(cfg.seed), (h, w, 3), jnp.float32)
+    else:
+        source = styles[0] if cfg.init == "style" else init_image
+        if source is None:
+            raise ValueError("init 'image' needs an init image")
+        start = resize(jnp.asarray(source, jnp.float32), h, w)
+    # Added to zeros like ``contents`` (not broadcast) so that the images are laid out like the
+    # contents: split over the devices in a sharded batch, not all on one.
+    return jnp.zeros_like(contents) + start
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
@@ -146,7 +149,6 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
     first_scale = start.scale_index if start else 0
     min_side = vgg19.min_input_side(spec.layers)
     state = None
-    diverged = jnp.zeros((num_problems,), bool)
     for index in range(first_scale, len(sizes)):
         h, w = sizes[index]
         if min(h, w) < min_side:
@@ -166,16 +168,18 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
         else:
             images = initial_images(cfg, scaled, [s[0] for s in scaled_styles], init_image)
         # A problem that diverged at a coarser scale stays frozen (its last finite image, resized).
-        state = dataclasses.replace(optimize.init_state(images, method), diverged=diverged)
+        diverged = None if state is None else state.diverged
+        state = optimize.init_state(images, method)
+        if diverged is not None:
+            state = dataclasses.replace(state, diverged=diverged)
         done = start.iteration if (start and index == start.scale_index) else 0
         report = None
         if on_progress is not None:
             report = lambda s, n, i=index: on_progress(  # noqa: E731
                 Progress(i, len(sizes), n, cfg.num_iterations, s))
-        if not bool(jnp.all(diverged)):
+        if not bool(jnp.all(state.diverged)):
             state = optimize.run(state, cfg.num_iterations, vgg, targets, spec, method,
                                  cfg.compute_dtype, every, report, start=done)
-        diverged = state.diverged
     images = to_host(state.image)
     if cfg.original_colors:
         originals = to_host(resize(contents, *images.shape[1:3]))

@@ -55,6 +55,18 @@ def test_output_path_names_after_inputs(tmp_path):
         tmp_path / "cat__starry.png"
 
 
+@pytest.mark.parametrize("init", ["noise", "content"])
+def test_one_program_per_shape_across_chunks(vgg, init):
+    # Many compiled chunks of one shape (progress every 2 iterations) reuse one `run_steps`
+    # program: the starting state must be laid out on the mesh as `run_steps` returns it.
+    contents = _images(7, [(20, 20), (20, 20)])
+    cfg = Config(image_size=20, num_iterations=6, init=init, seed=int(init == "noise") + 11,
+                 style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_1",))
+    before = optimize.run_steps._cache_size()
+    batch.stylize_many(vgg, contents, _images(8, [(20, 20)]), cfg, batch_size=2, every=(2,))
+    assert optimize.run_steps._cache_size() - before <= 1
+
+
 def test_batched_run_equals_each_image_alone(vgg):
     # Two shapes (two buckets); the first bucket (3 images, cap 2) splits into a full batch and a
     # padded one; noise init. Every image must come out as it does alone, whatever its position.
@@ -90,7 +102,7 @@ def test_one_divergent_image_does_not_affect_the_others(vgg):
 SHARDED = textwrap.dedent("""
     import json, os, sys
     import jax, numpy as np
-    from jaxstyle import batch, stylize, vgg19
+    from jaxstyle import batch, optimize, stylize, vgg19
     from jaxstyle.config import Config
     vgg = vgg19.init(jax.random.key(0), vgg19.Preprocessing(False, 1.0, (0.485, 0.456, 0.406),
                      (0.229, 0.224, 0.225)), last_layer="relu5_1")
@@ -100,11 +112,15 @@ SHARDED = textwrap.dedent("""
     cfg = Config(image_size=32, num_iterations=5, content_weight=1e4, style_weight=1e9,
                  init="noise")
     mesh = batch.device_mesh()
-    results = batch.stylize_many(vgg, contents, [style], cfg, batch_size=4, mesh=mesh)
+    layouts = []
+    record_layout = lambda p: layouts.append(p.progress.state.image.sharding.is_fully_replicated)
+    results = batch.stylize_many(vgg, contents, [style], cfg, batch_size=4, mesh=mesh,
+                                 on_progress=record_layout, every=(2,))
+    programs = optimize.run_steps._cache_size()
     errors = [float(np.abs(r.images - stylize.stylize_batch(vgg, c[None], [style], cfg).images).max())
               for c, r in zip(contents, results)]
     print(json.dumps({"devices": len(jax.devices()), "mesh": int(mesh.devices.size),
-                      "errors": errors}))
+                      "errors": errors, "programs": programs, "replicated": layouts}))
 """)
 
 
@@ -115,6 +131,10 @@ def test_sharded_over_simulated_devices():
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads(out.stdout.strip().splitlines()[-1])
     assert record["devices"] == 2 and record["mesh"] == 2
+    # The noise-initialized images are split over the devices from the first chunk on (they
+    # once started on one device), and all chunks of one shape share one compiled program.
+    assert record["replicated"] and not any(record["replicated"])
+    assert record["programs"] == 1
     # Noise init: at the content image the content gradient is pure rounding noise, which a
     # different batch split reorders and L-BFGS amplifies; from noise, runs agree closely.
     assert max(record["errors"]) < 5e-4
