@@ -144,8 +144,9 @@ _WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 WINOGRAD_MIN_CHANNEL_PRODUCT = 128 * 256
 # The transformed tiles of a whole 64x64x256 layer (16 MB in, 16 MB out) overflow a 32 MB L3 and
 # made the layer slower than direct; a band of tile rows at a time keeps them cache-resident.
-# At most this many bands (each is unrolled into the program: compile time and size grow with it).
 WINOGRAD_BAND_BYTES = 16 << 20
+# Bands are unrolled into the program (compile time and size grow with their number): at most 8,
+# larger than the budget on very large images (4096 px would otherwise unroll hundreds).
 WINOGRAD_MAX_BANDS = 8
 
 
