@@ -210,10 +210,10 @@ class Problem:
         over the first ``devices`` devices (P must be a multiple), as `batch.stylize_many` does."""
         mesh = batch.device_mesh(jax.devices()[:devices])
         by_problem = NamedSharding(mesh, PartitionSpec("batch"))
-        # `vgg19.init` gives numpy weights: put them on the devices once, not at every call.
-        vgg = jax.device_put(vgg, NamedSharding(mesh, PartitionSpec()))
-        content = jax.device_put(content, by_problem)
         spec = losses.LossSpec.from_config(cfg)
+        # On the devices once, kernels transformed once (as `optimize.run` does), not at every call.
+        vgg = optimize.prepared(jax.device_put(vgg, NamedSharding(mesh, PartitionSpec())), spec)
+        content = jax.device_put(content, by_problem)
         compute_targets = jax.jit(losses.targets, static_argnames=("dtype",))
         targets = compute_targets(vgg, content, [style], (1.0,), spec,
                                   dtype=jnp.dtype(cfg.compute_dtype))

@@ -221,12 +221,23 @@ def step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.
     )
 
 
+def prepared(vgg: vgg19.VGG, spec: losses.LossSpec) -> vgg19.VGG:
+    """``vgg`` cut to the layers ``spec`` uses and `vgg19.prepare`d, unless it already is."""
+    if vgg.prepared is not None:
+        return vgg
+    return vgg19.prepare(vgg19.truncate(vgg, spec.layers))
+
+
 @functools.partial(jax.jit, static_argnames=("method", "dtype"), donate_argnames=("state",))
 def run_steps(state: RunState, num_steps: Array | int, vgg: vgg19.VGG, targets: losses.Targets,
               spec: losses.LossSpec, method: Method, dtype: str = "float32") -> RunState:
     """``num_steps`` optimizer steps for every problem, compiled once per shape (``num_steps`` is a
-    runtime value). targets: per problem, as from `problem_targets`."""
-    vgg = vgg19.prepare(vgg)  # flipped kernels computed here, outside the loop body
+    runtime value). targets: per problem, as from `problem_targets`.
+
+    Pass a `vgg19.prepare`d network when calling repeatedly (as `run` does): an unprepared one has
+    its kernels transformed at every call, outside the loop but inside this program (on a CPU that
+    is ~0.4 s per call, more than half a 256 px step)."""
+    vgg = prepared(vgg, spec)
     one_step = functools.partial(step, vgg=vgg, spec=spec, method=method, dtype=jnp.dtype(dtype))
     all_steps = jax.vmap(lambda s, t: one_step(s, targets=t))
     return lax.fori_loop(0, jnp.asarray(num_steps, jnp.int32),
@@ -265,6 +276,7 @@ def run(state: RunState, num_iterations: int, vgg: vgg19.VGG, targets: losses.Ta
     every problem has diverged. Returns the last state.
     """
     done = start
+    vgg = prepared(vgg, spec)  # once for all chunks
     for mark in chunk_boundaries(num_iterations, every, start=start):
         state = run_steps(state, mark - done, vgg, targets, spec, method, dtype)
         done = mark

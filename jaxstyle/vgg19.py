@@ -381,9 +381,20 @@ def features(vgg: VGG, images: Array, layers: Iterable[str], dtype: jnp.dtype = 
     return module.apply(variables, vgg.preprocessing.apply(images))
 
 
+def truncate(vgg: VGG, layers: Iterable[str]) -> VGG:
+    """``vgg`` without the weights of convolutions deeper than the deepest of ``layers`` (what
+    `features` would not use anyway), so that `prepare` neither computes nor keeps theirs."""
+    deepest = check_layers(layers, vgg)[-1]
+    needed = LAYER_NAMES[: LAYER_NAMES.index(deepest) + 1]
+    keep = lambda tree: tree and {n: v for n, v in tree.items() if n in needed}  # noqa: E731
+    return dataclasses.replace(vgg, params=keep(vgg.params), prepared=keep(vgg.prepared))
+
+
+@jax.jit
 def prepare(vgg: VGG) -> VGG:
-    """Adds the flipped input-gradient (and Winograd) kernels. Call outside ``lax.scan``/``fori_loop`` bodies (e.g.
-    at the top of the jitted function that runs the loop) so that XLA sees loop-invariant kernels."""
+    """Adds the flipped input-gradient (and Winograd) kernels. Call it once and reuse the result
+    (every call of `optimize.run_steps` with an unprepared network redoes it), and never inside a
+    ``lax.scan``/``fori_loop`` body, so that XLA sees loop-invariant kernels."""
     prepared = {name: prepare_kernel(p["kernel"]) for name, p in vgg.params.items()}
     return dataclasses.replace(vgg, prepared=prepared)
 

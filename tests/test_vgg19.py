@@ -344,6 +344,22 @@ def test_only_needed_layers_are_computed(models):
         vgg19.features(first_only, jnp.asarray(x), ["relu1_2"])
 
 
+def test_truncated_prepared_network_keeps_only_needed_layers(models):
+    """`truncate` drops the convolutions past the deepest requested layer (and their prepared
+    kernels); the truncated, prepared network still computes the requested features."""
+    both = models["torchvision"]
+    vgg = both[1]
+    assert "conv5_4" in vgg.params
+    cut = vgg19.prepare(vgg19.truncate(vgg, ["relu1_1", "relu4_2"]))
+    assert list(cut.params) == list(cut.prepared) == [n for n, _, _ in CONV_LAYERS[:10]]
+    x = images((1, 24, 20, 3), seed=8)
+    layers = ("relu1_1", "relu4_2")
+    assert_close(vgg19.features(cut, jnp.asarray(x), layers), reference(both, x, layers=layers))
+    assert vgg19.truncate(cut, ["relu1_1"]).prepared.keys() == {"conv1_1"}
+    with pytest.raises(ValueError, match="conv4_2"):
+        vgg19.truncate(vgg19.truncate(vgg, ["relu4_1"]), ["relu4_2"])
+
+
 @pytest.mark.parametrize("name", ["relu6_1", "conv4_5", "fc7", ""])
 def test_unknown_layer_names_raise(keras_safetensors, name):
     vgg = vgg19.load(keras_safetensors)
