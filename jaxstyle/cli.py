@@ -21,6 +21,20 @@ from jaxstyle.files import atomic_write
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 CHECKPOINT_SUFFIX = ".resume.npz"
+OUT_OF_MEMORY_HINT = ("lower --image-size or --batch-size, or use --lbfgs-memory 20, --optimizer adam "
+                      "or --compute-dtype bfloat16; on a GPU, XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 "
+                      "lets JAX use more than its default 75%")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A host or device allocation failure (XLA reports the latter as RESOURCE_EXHAUSTED)."""
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and "RESOURCE_EXHAUSTED" in str(error))
+
+
+def out_of_memory_error(error: BaseException, wrote: str = "") -> JaxstyleError:
+    first_line = (str(error).strip().splitlines() or ["MemoryError"])[0][:200]
+    return JaxstyleError(f"out of memory ({first_line}){wrote}: {OUT_OF_MEMORY_HINT}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,6 +373,17 @@ def cmd_stylize(args) -> int:
         print(f"jaxstyle: interrupted; wrote the latest image to {output}; continue with --resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        bar.close()
+        # A larger scale of a coarse-to-fine run can run out after a smaller one finished: keep
+        # that image. No checkpoint: resuming with the same settings would run out again.
+        wrote = ""
+        if last:
+            image_io.save_image(finish_image(last["images"]), output)
+            wrote = f"; wrote the latest image to {output}"
+        raise out_of_memory_error(e, wrote) from e
     bar.close()
     # `stylize_batch` already applied original colours to its result.
     image_io.save_image(result.images[0], output)
@@ -393,6 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except JaxstyleError as e:
         print(f"jaxstyle: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        print(f"jaxstyle: error: {out_of_memory_error(e)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("jaxstyle: interrupted", file=sys.stderr)

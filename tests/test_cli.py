@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -110,6 +111,46 @@ def test_ctrl_c_keeps_latest_image_and_resume_finishes(capsys, images, keras_saf
     code, _, err = run(capsys, *stylize_args(images, keras_safetensors, out, "--resume"))
     assert code == 0, err
     assert not (tmp_path / "r.png.resume.npz").exists()
+
+
+def device_out_of_memory():
+    return jax.errors.JaxRuntimeError(
+        "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 68719476736 bytes.\nmore")
+
+
+def test_out_of_memory_at_a_larger_scale_keeps_the_smaller_scales_image(
+        capsys, images, keras_safetensors, tmp_path, monkeypatch):
+    real = stylize_lib.stylize_batch
+
+    def runs_out_at_second_scale(*args, on_progress=None, **kwargs):
+        def progress(p):
+            if p.scale_index == 1:
+                raise device_out_of_memory()
+            on_progress(p)
+        return real(*args, on_progress=progress, **kwargs)
+
+    out = tmp_path / "oom.png"
+    monkeypatch.setattr(stylize_lib, "stylize_batch", runs_out_at_second_scale)
+    code, _, err = run(capsys, *stylize_args(images, keras_safetensors, out, "--scales", "24,32"))
+    assert code == 1
+    assert_one_line_error(err, "out of memory", "68719476736 bytes", str(out), "--image-size",
+                          "--lbfgs-memory", "XLA_PYTHON_CLIENT_MEM_FRACTION")
+    with Image.open(out) as im:  # the finished first scale's image
+        assert max(im.size) == 24
+    assert not (tmp_path / "oom.png.resume.npz").exists()
+
+
+def test_out_of_memory_before_any_image_writes_nothing(capsys, images, keras_safetensors, tmp_path,
+                                                       monkeypatch):
+    def runs_out(*args, **kwargs):
+        raise device_out_of_memory()
+
+    monkeypatch.setattr(stylize_lib, "stylize_batch", runs_out)
+    out = tmp_path / "none.png"
+    code, _, err = run(capsys, *stylize_args(images, keras_safetensors, out))
+    assert code == 1
+    assert_one_line_error(err, "out of memory", "--image-size")
+    assert not out.exists()
 
 
 def test_resume_without_checkpoint_is_an_error(capsys, images, keras_safetensors, tmp_path):
