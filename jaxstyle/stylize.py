@@ -142,7 +142,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
     contents = jnp.asarray(contents, jnp.float32)
     num_problems, height, width, _ = contents.shape
     spec = losses.LossSpec.from_config(cfg)
-    vgg = optimize.prepared(vgg, spec)  # also checks that vgg has the layers' weights
+    vgg = optimize.prepared(vgg, spec)  # once; an unprepared vgg is also checked for the weights
     method = optimize.Method.from_config(cfg)
     blend = cfg.blend_weights(len(styles))
     sizes = scale_sizes(cfg, height, width)
