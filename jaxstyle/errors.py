@@ -12,3 +12,8 @@ class JaxstyleError(Exception):
 class ConfigError(JaxstyleError, ValueError):
     """An invalid setting (a layer name, a weight, a size): a ValueError for library callers, a
     one-line error for CLI users."""
+
+
+class JaxstyleWarning(UserWarning):
+    """Something the user should know that does not stop the run (a file that is not the known
+    one, a setting that was adjusted). The CLI prints it as one line ``jaxstyle: warning: ...``."""
