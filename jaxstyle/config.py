@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from jaxstyle import vgg19
+from jaxstyle.models import vgg19
 from jaxstyle.errors import ConfigError
 
 OPTIMIZERS = ("lbfgs", "adam")

@@ -18,8 +18,10 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from jaxstyle import imageops
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.files import atomic_write
+from jaxstyle.imageops import fit_long_side  # noqa: F401 (image_io.fit_long_side, as before)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -35,6 +37,8 @@ OUTPUT_FORMATS: dict[str, str] = {
     ".gif": "GIF",
 }
 _SAVE_OPTIONS: dict[str, dict] = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+# What a folder of inputs is searched for: the formats jaxstyle also writes.
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(OUTPUT_FORMATS)
 
 # Single-channel integer modes read as 16-bit: scaled by 65535 straight from the integers, so
 # their extra precision survives (Pillow's own convert("RGB") would go through 8 bits).
@@ -42,13 +46,6 @@ _INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 # Errors Pillow raises while decoding a broken file (beyond the missing/unreadable ones).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
-
-# BT.601 RGB → YUV, as torch's image.rgb2yuv used by neural-style's -original_colors.
-_RGB_TO_YUV = np.array(
-    [[0.299, 0.587, 0.114], [-0.14713, -0.28886, 0.436], [0.615, -0.51499, -0.10001]]
-)
-_YUV_TO_RGB = np.linalg.inv(_RGB_TO_YUV)  # the exact inverse, so an unchanged image round-trips
-
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
@@ -104,6 +101,18 @@ def load_image(path: PathLike, long_side: int | None = None, role: str = "image"
     return image
 
 
+def collect_images(paths: Sequence[PathLike]) -> list[Path]:
+    """Files as given, and the image files (by extension, sorted) of any folder among them."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir()
+                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            found.append(path)
+    return found
+
+
 def _to_float_rgb(im: Image.Image) -> np.ndarray:
     """A decoded Pillow image of any mode → float32[H, W, 3] in [0, 1] (see ``load_image``)."""
     if im.mode in _INT_MODES or im.mode == "F":
@@ -120,14 +129,6 @@ def _to_float_rgb(im: Image.Image) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------- resizing
-
-
-def fit_long_side(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """(h, w) with the longer side equal to ``long_side``, aspect ratio kept, each side ≥ 1 px."""
-    if long_side < 1:
-        raise JaxstyleError(f"image size must be at least 1 pixel, got {long_side}")
-    scale = long_side / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -266,20 +267,10 @@ def save_strip(
 
 
 def original_colors(stylized: np.ndarray, content: np.ndarray) -> np.ndarray:
-    """Luminance transfer: the stylized image's brightness in the content image's colours.
+    """`imageops.original_colors` (luminance transfer, as neural-style's ``-original_colors``) with
+    ``content`` float[H', W', 3] first resized to the stylized image's [H, W] if it differs.
 
-    As neural-style's ``-original_colors 1``: both images go to YUV (BT.601), the result takes Y
-    from ``stylized`` and U, V from ``content``, and goes back to RGB, clipped to [0, 1]. The
-    style's textures and shading stay; its palette is replaced by the content's.
-
-    Args:
-      stylized: float[H, W, 3] in [0, 1].
-      content: float[H', W', 3] in [0, 1]; resized to [H, W] if it differs.
-    Returns:
-      float32[H, W, 3] in [0, 1].
-    """
+    Returns float32[H, W, 3] in [0, 1] (numpy)."""
     stylized = np.asarray(stylized, dtype=np.float32)
     content = resize(content, stylized.shape[0], stylized.shape[1])
-    yuv = content @ _RGB_TO_YUV.T
-    yuv[..., 0] = stylized @ _RGB_TO_YUV[0]
-    return np.clip(yuv @ _YUV_TO_RGB.T, 0.0, 1.0).astype(np.float32)
+    return np.asarray(imageops.original_colors(stylized, content))

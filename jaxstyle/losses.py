@@ -28,7 +28,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxstyle import vgg19
+from jaxstyle.models import vgg19
 from jaxstyle.config import Config
 
 Array = jax.Array

@@ -27,7 +27,8 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 from jax import lax
 
-from jaxstyle import losses, vgg19
+from jaxstyle import losses
+from jaxstyle.models import vgg19
 from jaxstyle.config import Config
 
 Array = jax.Array

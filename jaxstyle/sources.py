@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 import numpy as np
 
 from jaxstyle.errors import JaxstyleError
-from jaxstyle.vgg19 import CONV_LAYERS, Preprocessing
+from jaxstyle.models.vgg19 import CONV_LAYERS, Preprocessing
 
 # ------------------------------------------------------------------------------------------------
 # Conventions: how RGB in [0, 1] is fed to each set of weights.
@@ -51,7 +51,6 @@ SOURCES: tuple[str, ...] = tuple(CONVENTIONS)
 #: torchvision-style file names carry the first 8 hex digits of the file's sha256; the two known
 #: .pth files share keys and shapes, so only the checksum tells their conventions apart.
 KNOWN_SHA256_PREFIXES: dict[str, str] = {"dcbb9e9d": "torchvision", "d01eb7cb": "caffe"}
-KERAS_MD5 = "253f8cb515780f3b799900260a226db6"
 
 #: Index in torchvision's ``features`` Sequential of each convolution (ReLUs and pools between).
 TORCH_FEATURE_INDEX: dict[str, int] = dict(zip(
@@ -147,13 +146,18 @@ def _is_hdf5(path: Path) -> bool:
         return False
 
 
-def sha256sum(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file (``algorithm``: a `hashlib` name), read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256sum(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file."""
+    return file_digest(path, "sha256")
 
 
 def identify(path: str | os.PathLike, source: str | None = None) -> SourceFile:

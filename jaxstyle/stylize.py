@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxstyle import losses, optimize, vgg19
-from jaxstyle.image_io import fit_long_side, original_colors
+from jaxstyle import losses, optimize
 from jaxstyle.config import Config
 from jaxstyle.errors import ConfigError
+from jaxstyle.imageops import fit_long_side, original_colors, resize
+from jaxstyle.models import vgg19
 
 Array = jax.Array
 
@@ -65,15 +66,6 @@ class Result:
     images: np.ndarray
     diverged: np.ndarray
     loss: np.ndarray
-
-
-def resize(images: Array, height: int, width: int) -> Array:
-    """float32[..., H, W, 3] -> float32[..., height, width, 3], Lanczos (antialiased when
-    shrinking), clipped to [0, 1]."""
-    if images.shape[-3:-1] == (height, width):
-        return images
-    shape = images.shape[:-3] + (height, width, images.shape[-1])
-    return jnp.clip(jax.image.resize(images, shape, "lanczos3"), 0.0, 1.0)
 
 
 def initial_images(cfg: Config, contents: Array, styles: Sequence[Array],
@@ -183,7 +175,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
     images = to_host(state.image)
     if cfg.original_colors:
         originals = to_host(resize(contents, *images.shape[1:3]))
-        images = np.stack([original_colors(x, c) for x, c in zip(images, originals)])
+        images = np.asarray(original_colors(images, originals))
     return Result(images=images, diverged=to_host(state.diverged), loss=to_host(state.loss))
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from jaxstyle import sources
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.files import atomic_write
-from jaxstyle.vgg19 import CONV_LAYERS, Preprocessing
+from jaxstyle.models.vgg19 import CONV_LAYERS, Preprocessing
 
 FORMAT = "jaxstyle-vgg19"
 FORMAT_VERSION = "1"

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxstyle import batch, optimize, stylize, vgg19
+from jaxstyle import batch, image_io, optimize, stylize, vgg19
+from jaxstyle.cli import stylize as cli_stylize
 from jaxstyle.config import Config
 
 CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
@@ -43,15 +44,15 @@ def test_collect_images_expands_folders_sorted(tmp_path):
     for name in ("b.png", "a.JPG", "notes.txt"):
         (tmp_path / "d" / name).write_bytes(b"")
     single = tmp_path / "x.png"
-    found = batch.collect_images([tmp_path / "d", single])
+    found = image_io.collect_images([tmp_path / "d", single])
     assert [p.name for p in found] == ["a.JPG", "b.png", "x.png"]
 
 
 def test_output_path_names_after_inputs(tmp_path):
     from pathlib import Path
 
-    assert batch.output_path(tmp_path, Path("in/cat.jpg"), None) == tmp_path / "cat.png"
-    assert batch.output_path(tmp_path, Path("cat.jpg"), Path("s/starry.jpg")) == \
+    assert cli_stylize.output_path(tmp_path, Path("in/cat.jpg"), None) == tmp_path / "cat.png"
+    assert cli_stylize.output_path(tmp_path, Path("cat.jpg"), Path("s/starry.jpg")) == \
         tmp_path / "cat__starry.png"
 
 

@@ -211,6 +211,18 @@ def test_offline_download_is_one_clear_line(capsys, tmp_path, monkeypatch):
     assert not any((tmp_path / "cache").glob("*.h5"))
 
 
+def test_hand_placed_unknown_keras_file_is_one_warning_line(capsys, tmp_path, keras_h5):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    placed = cache / download.DEFAULT_URL.rsplit("/", 1)[-1]
+    placed.write_bytes(keras_h5.read_bytes())  # synthetic weights: not the known file's md5
+    code, out, err = run(capsys, "weights", "download", "--cache-dir", cache)
+    assert code == 0 and "weights ready" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxstyle: warning: ")
+    assert str(placed) in lines[0] and "not the known Keras file" in lines[0]
+
+
 def _bad_input_cases(images, weights, tmp_path):
     text = tmp_path / "text.jpg"
     text.write_text("not an image")

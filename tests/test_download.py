@@ -7,18 +7,39 @@ import hashlib
 import http.server
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
 from jaxstyle import download, sources, weights
-from jaxstyle.errors import JaxstyleError
+from jaxstyle.errors import JaxstyleError, JaxstyleWarning
 
 KERAS_NAME = download.DEFAULT_URL.rsplit("/", 1)[-1]
 UNREACHABLE = "http://127.0.0.1:9/" + KERAS_NAME  # the discard port: nothing listens there
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the directory; also ``/truncated.h5`` (announces 1000 bytes, sends 500, closes) and
+    ``/unsized/NAME`` (the file NAME without a Content-Length, ended by closing)."""
+
+    def do_GET(self):
+        if self.path == "/truncated.h5":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 500)
+            self.close_connection = True
+        elif self.path.startswith("/unsized/"):
+            data = (Path(self.directory) / self.path.rsplit("/", 1)[-1]).read_bytes()
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+            self.close_connection = True
+        else:
+            super().do_GET()
+
     def log_message(self, *args):
         pass
 
@@ -60,6 +81,29 @@ def test_download_checks_md5_and_reports_progress(tmp_path, server, keras_h5, ke
     assert files_in(dst.parent) == ["file.h5"]
 
 
+def test_progress_counts_increase_to_the_total(tmp_path, server, keras_h5, keras_md5):
+    url, _ = server
+    size = keras_h5.stat().st_size
+    calls = []
+    download.download(url + KERAS_NAME, tmp_path / "file.h5", keras_md5,
+                      progress=lambda done, total: calls.append((done, total)))
+    counts = [done for done, _ in calls]
+    assert len(calls) > 2 and counts == sorted(set(counts))  # strictly increasing, chunk by chunk
+    assert {total for _, total in calls} == {size} and counts[-1] == size
+
+
+def test_progress_without_content_length(tmp_path, server, keras_h5, keras_md5):
+    """No total to report (None), and still no count going backwards."""
+    url, _ = server
+    calls = []
+    dst = download.download(url + "unsized/" + KERAS_NAME, tmp_path / "file.h5", keras_md5,
+                            progress=lambda done, total: calls.append((done, total)))
+    assert dst.read_bytes() == keras_h5.read_bytes()
+    counts = [done for done, _ in calls]
+    assert {total for _, total in calls} == {None} and counts == sorted(set(counts))
+    assert counts[-1] >= keras_h5.stat().st_size
+
+
 def test_md5_mismatch_leaves_nothing(tmp_path, server, keras_md5):
     url, _ = server
     wrong = "0" * 32
@@ -67,7 +111,34 @@ def test_md5_mismatch_leaves_nothing(tmp_path, server, keras_md5):
         download.download(url + KERAS_NAME, tmp_path / "file.h5", wrong)
     message = str(err.value)
     assert f"md5 {keras_md5}" in message and f"expected {wrong}" in message
+    assert "damaged or the file changed" in message and "\n" not in message
     assert files_in(tmp_path) == []
+
+
+def test_md5_mismatch_keeps_an_existing_file(tmp_path, server):
+    url, _ = server
+    dst = tmp_path / "file.h5"
+    dst.write_bytes(b"old")
+    with pytest.raises(JaxstyleError, match="damaged"):
+        download.download(url + KERAS_NAME, dst, "0" * 32)
+    assert files_in(tmp_path) == ["file.h5"] and dst.read_bytes() == b"old"
+
+
+def test_truncated_download_leaves_nothing(tmp_path, server):
+    url, _ = server
+    with pytest.raises(JaxstyleError) as err:
+        download.download(url + "truncated.h5", tmp_path / "file.h5", None)
+    assert url + "truncated.h5" in str(err.value) and "\n" not in str(err.value)
+    assert files_in(tmp_path) == []
+
+
+def test_unwritable_cache_dir(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the cache directory should be")
+    with pytest.raises(JaxstyleError, match=f"cannot write to {blocker}") as err:
+        download.download(UNREACHABLE, blocker / "cache" / KERAS_NAME, None)
+    assert "\n" not in str(err.value)
+    assert files_in(tmp_path) == ["blocker"]
 
 
 def test_offline_fails_fast_with_manual_instructions(tmp_path):
@@ -110,14 +181,34 @@ def test_default_weights_downloads_and_converts(tmp_path, monkeypatch, server, k
     assert download.default_weights(cache) == path
 
 
-def test_default_weights_converts_a_hand_placed_file(tmp_path, monkeypatch, keras_h5):
+def test_default_weights_converts_a_hand_placed_file(tmp_path, monkeypatch, keras_h5, keras_md5):
+    """Not the known file (the synthetic one's md5 is not DEFAULT_MD5): one warning, converted."""
     monkeypatch.setattr(download, "DEFAULT_URL", UNREACHABLE)
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / KERAS_NAME).write_bytes(keras_h5.read_bytes())
-    path = download.default_weights(cache)
+    with pytest.warns(JaxstyleWarning) as record:
+        path = download.default_weights(cache)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert str(cache / KERAS_NAME) in message and "not the known Keras file" in message
+    assert f"md5 {keras_md5}, expected {download.DEFAULT_MD5}" in message
+    assert "converting it anyway" in message and "\n" not in message
+    assert record[0].filename == __file__  # points at the caller
     assert weights.read(path).source == "keras"
     assert files_in(cache) == sorted([KERAS_NAME, "vgg19.safetensors"])  # the user's file stays
+
+
+def test_hand_placed_known_file_converts_silently(tmp_path, monkeypatch, keras_h5, keras_md5):
+    monkeypatch.setattr(download, "DEFAULT_URL", UNREACHABLE)
+    monkeypatch.setattr(download, "DEFAULT_MD5", keras_md5)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / KERAS_NAME).write_bytes(keras_h5.read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = download.default_weights(cache)
+    assert weights.read(path).source == "keras"
 
 
 def test_default_weights_offline(tmp_path, monkeypatch):

@@ -1,0 +1,173 @@
+"""What every command shares: exit codes, one-line errors and warnings, flag types, progress bars,
+the network and the compilation cache."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import warnings
+from typing import Callable, Iterator
+
+import jax
+
+from jaxstyle import download, vgg19
+from jaxstyle.errors import JaxstyleError, JaxstyleWarning
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+OUT_OF_MEMORY_HINT = ("lower --image-size or --batch-size, or use --lbfgs-memory 20, --optimizer adam "
+                      "or --compute-dtype bfloat16; on a GPU, XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 "
+                      "lets JAX use more than its default 75%")
+
+
+# ----------------------------------------------------------------------------------------------
+# Messages.
+
+
+def warn(message: str) -> None:
+    """One line ``jaxstyle: warning: ...`` on stderr."""
+    print(f"jaxstyle: warning: {message}", file=sys.stderr)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, JaxstyleWarning):
+        warn(" ".join(str(message).split()))
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Within: every `JaxstyleWarning` the library raises is shown as one ``jaxstyle: warning:``
+    line (each time); other warnings as Python shows them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", JaxstyleWarning)
+        warnings.showwarning = _show_warning
+        yield
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A host or device allocation failure (XLA reports the latter as RESOURCE_EXHAUSTED)."""
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and "RESOURCE_EXHAUSTED" in str(error))
+
+
+def out_of_memory_error(error: BaseException, wrote: str = "") -> JaxstyleError:
+    first_line = (str(error).strip().splitlines() or ["MemoryError"])[0][:200]
+    return JaxstyleError(f"out of memory ({first_line}){wrote}: {OUT_OF_MEMORY_HINT}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument parsing.
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with errors on one line (no usage dump), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"jaxstyle: error: {message} (see `{self.prog} --help`)\n")
+
+
+def csv(kind: Callable) -> Callable[[str], tuple]:
+    """A flag type: comma-separated values of ``kind``."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return parse
+
+
+def positive(kind: Callable) -> Callable[[str], float]:
+    """A flag type: a number of ``kind`` that is > 0."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def non_negative_float(text: str) -> float:
+    """A flag type: a float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_weights_flags(p: argparse.ArgumentParser) -> None:
+    """--weights, --source, --cache-dir, --no-compile-cache: for commands that run the network."""
+    p.add_argument("--weights", metavar="PATH",
+                   help="VGG-19 weights: a converted .safetensors file or any supported source file "
+                        "(Keras .h5, torchvision/caffe .pth). Default: the cached converted Keras "
+                        "weights, downloaded and converted on first use")
+    p.add_argument("--source", choices=("keras", "torchvision", "caffe"),
+                   help="convention of a .pth file whose checksum is not a known one")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where downloaded/converted weights live (default: $JAXSTYLE_CACHE, else "
+                        "$XDG_CACHE_HOME/jaxstyle, else ~/.cache/jaxstyle)")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not keep compiled programs in CACHE_DIR/xla (kept by default, so a "
+                        "second run with the same image sizes starts without compiling)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress, the network, the compilation cache.
+
+
+def progress_bar(total: int, unit: str, quiet: bool, **kwargs):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, disable=quiet, dynamic_ncols=True, file=sys.stderr, **kwargs)
+
+
+def download_progress(quiet: bool) -> download.Progress:
+    """A `download.Progress` callback that shows a bar in bytes."""
+    bar = None
+
+    def update(done: int, total: int | None) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress_bar(total or 0, "B", quiet, unit_scale=True, desc="download")
+        bar.update(done - bar.n)
+
+    return update
+
+
+def load_network(args: argparse.Namespace, quiet: bool = False) -> vgg19.VGG:
+    """The VGG from --weights, or the default weights (downloaded and converted when missing)."""
+    path = args.weights
+    if path is None:
+        path = download.default_weights(args.cache_dir, download_missing=True,
+                                        progress=download_progress(quiet))
+    return vgg19.load(path, source=args.source)
+
+
+def enable_compilation_cache(args: argparse.Namespace) -> None:
+    """JAX's persistent compilation cache in ``<cache dir>/xla``, unless the user turned it off
+    (``--no-compile-cache``, ``JAXSTYLE_COMPILE_CACHE=0``) or set their own
+    (``JAX_COMPILATION_CACHE_DIR``). A full VGG step takes seconds to compile; a cached one loads."""
+    if args.no_compile_cache or os.environ.get("JAXSTYLE_COMPILE_CACHE") == "0":
+        return
+    if jax.config.jax_compilation_cache_dir:
+        return
+    path = download.cache_dir(args.cache_dir) / "xla"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        warn(f"not caching compiled programs: cannot create {path} ({e.strerror}); "
+             "--no-compile-cache silences this")
+        return
+    jax.config.update("jax_compilation_cache_dir", str(path))

@@ -1,0 +1,56 @@
+"""Pure operations on image arrays (no files): sizes, resizing on the device, colour transfer.
+
+An image is float32[..., H, W, 3], RGB in [0, 1]. `image_io` (Pillow, files) builds on these; the
+numerical core (`stylize`, `batch`) uses them on device arrays.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxstyle.errors import JaxstyleError
+
+Array = jax.Array
+
+# BT.601 RGB → YUV, as torch's image.rgb2yuv used by neural-style's -original_colors.
+RGB_TO_YUV = np.array(
+    [[0.299, 0.587, 0.114], [-0.14713, -0.28886, 0.436], [0.615, -0.51499, -0.10001]])
+YUV_TO_RGB = np.linalg.inv(RGB_TO_YUV)  # the exact inverse, so an unchanged image round-trips
+
+
+def fit_long_side(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(h, w) with the longer side equal to ``long_side``, aspect ratio kept, each side ≥ 1 px."""
+    if long_side < 1:
+        raise JaxstyleError(f"image size must be at least 1 pixel, got {long_side}")
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(images: Array, height: int, width: int) -> Array:
+    """float32[..., H, W, 3] -> float32[..., height, width, 3], Lanczos (antialiased when
+    shrinking), clipped to [0, 1]. Jittable; returns ``images`` itself when the size matches."""
+    if images.shape[-3:-1] == (height, width):
+        return images
+    shape = images.shape[:-3] + (height, width, images.shape[-1])
+    return jnp.clip(jax.image.resize(images, shape, "lanczos3"), 0.0, 1.0)
+
+
+def original_colors(stylized: Array, content: Array) -> Array:
+    """Luminance transfer: the stylized image's brightness in the content image's colours.
+
+    As neural-style's ``-original_colors 1``: both images go to YUV (BT.601), the result takes Y
+    from ``stylized`` and U, V from ``content``, and goes back to RGB, clipped to [0, 1]. The
+    style's textures and shading stay; its palette is replaced by the content's.
+
+    Args:
+      stylized, content: float[..., H, W, 3] in [0, 1], the same shape.
+    Returns:
+      float32[..., H, W, 3] in [0, 1].
+    """
+    stylized = jnp.asarray(stylized, jnp.float32)
+    content = jnp.asarray(content, jnp.float32)
+    luma = stylized @ jnp.asarray(RGB_TO_YUV[0], jnp.float32)
+    yuv = (content @ jnp.asarray(RGB_TO_YUV.T, jnp.float32)).at[..., 0].set(luma)
+    return jnp.clip(yuv @ jnp.asarray(YUV_TO_RGB.T, jnp.float32), 0.0, 1.0)
