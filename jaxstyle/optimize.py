@@ -181,7 +181,15 @@ def _shard_like(state: RunState, images: Array) -> RunState:
     # On a one-device mesh XLA returns every leaf as P(); a P("batch") input would not match it.
     problem_axis = sharding.spec[0] if len(sharding.spec) and sharding.mesh.size > 1 else None
     by_problem = NamedSharding(sharding.mesh, PartitionSpec(*[problem_axis] if problem_axis else []))
-    return jax.device_put(state, by_problem)
+    # A jitted identity, not `jax.device_put`: under `jax.distributed` the leaves made here from
+    # constants (step, loss, terms, diverged) are host-local, and device_put of a host-local array
+    # to a sharding over every host's devices first checks that all hosts hold the same value, an
+    # allgather whose equality test fails on the NaN that ``loss`` starts at.
+    return jax.jit(_identity, out_shardings=by_problem)(state)
+
+
+def _identity(tree):
+    return tree
 
 
 def problem_targets(targets: losses.Targets, num_problems: int) -> losses.Targets:
