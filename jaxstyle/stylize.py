@@ -34,7 +34,9 @@ class Progress:
     """What `stylize_batch` reports after each compiled chunk.
 
     scale_index / num_scales: which scale runs; iteration: steps done at this scale (of
-    num_iterations); state: the `optimize.RunState` (images float32[P, h, w, 3]).
+    num_iterations); state: the `optimize.RunState` (images float32[P, h, w, 3]); to_host: how
+    `images` fetches them (`stylize_batch`'s ``to_host``: a gather across hosts in a multi-host
+    run, where no host holds the whole array).
     """
 
     scale_index: int
@@ -42,10 +44,11 @@ class Progress:
     iteration: int
     num_iterations: int
     state: optimize.RunState
+    to_host: Callable[[Array], np.ndarray] = np.asarray
 
     @property
     def images(self) -> np.ndarray:
-        return np.asarray(self.state.image)
+        return self.to_host(self.state.image)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +171,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
         report = None
         if on_progress is not None:
             report = lambda s, n, i=index: on_progress(  # noqa: E731
-                Progress(i, len(sizes), n, cfg.num_iterations, s))
+                Progress(i, len(sizes), n, cfg.num_iterations, s, to_host))
         if not bool(jnp.all(state.diverged)):
             state = optimize.run(state, cfg.num_iterations, vgg, targets, spec, method,
                                  cfg.compute_dtype, every, report, start=done)

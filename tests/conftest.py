@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import pytest
+# One temporary persistent compilation cache for the whole test run, set before JAX is imported so
+# that the subprocesses tests start inherit it too: a program that several tests, fixtures or
+# processes build through different jit wrappers compiles once. Temporary: the user's cache is
+# never touched. (The test of jaxstyle's own cache removes these variables for its subprocesses.)
+_XLA_CACHE = tempfile.mkdtemp(prefix="jaxstyle-tests-xla-")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 
-import synthetic_weights as sw
-from jaxstyle import weights
+import pytest  # noqa: E402
+
+import synthetic_weights as sw  # noqa: E402
+from jaxstyle import weights  # noqa: E402
 
 # In-process CLI tests must not point this process's JAX compilation cache at the user's cache
 # directory; the test of the cache itself runs the CLI in subprocesses without this.

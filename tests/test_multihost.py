@@ -41,7 +41,8 @@ WORKER = textwrap.dedent("""
     def record_layout(p):
         image = p.progress.state.image
         shards = [s.data.shape[0] for s in image.addressable_shards]
-        layouts.append([image.is_fully_addressable, shards])
+        # Progress.images gathers the whole batch on every host (a collective: both call it).
+        layouts.append([image.is_fully_addressable, shards, list(p.progress.images.shape)])
     # 3 images, batches of 2: a full batch and one padded with a repeat of its first image.
     results = batch.stylize_many(vgg, contents, [style], cfg, batch_size=2,
                                  on_progress=record_layout, every=(2,))
@@ -79,6 +80,7 @@ def _run_workers(tmp_path: Path, attempt: int) -> list[tuple[int, str, str]]:
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     env.pop("XLA_FLAGS", None)  # no simulated devices: one per process
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # two processes would write the same entries at once
     logs = [(tmp_path / f"{attempt}-{i}.out", tmp_path / f"{attempt}-{i}.err") for i in range(2)]
     procs = []
     try:
@@ -113,7 +115,9 @@ def test_two_processes_equal_each_image_alone(tmp_path):
     for r in records:
         assert (r["processes"], r["devices"], r["local_devices"]) == (2, 2, 1), report
         # Every chunk's images were split across the two processes, one problem on each device.
-        assert r["layouts"] and all(layout == [False, [1]] for layout in r["layouts"]), report
+        # Progress.images still gives each host the whole batch of two.
+        assert r["layouts"] and all(layout == [False, [1], [2, 24, 24, 3]]
+                                    for layout in r["layouts"]), report
         assert r["programs"] == 1, report  # both batches, all chunks: one compiled program
         assert not any(r["diverged"])
     # Every host holds every result, and they are the same on both.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Callable
 
 from jaxstyle.bench.processes import REPOSITORY_ROOT
 from jaxstyle.bench.worker import TRACE_EVERY
+from jaxstyle.cli.common import csv
 from jaxstyle.config import DTYPES, OPTIMIZERS
 
 # Shared files, relative to the repository root (or the working directory).
@@ -43,28 +43,19 @@ class BenchOptions:
     seed: int = 0
 
 
-def _csv(kind: type) -> Callable[[str], tuple]:
-    def parse(text: str) -> tuple:
-        try:
-            return tuple(kind(x) for x in text.split(",") if x.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-    return parse
-
-
 def build_parser(description: str = "") -> argparse.ArgumentParser:
     d = BenchOptions()
     p = argparse.ArgumentParser(
         prog="jaxstyle bench", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=description)
-    p.add_argument("--sizes", type=_csv(int), default=d.sizes, metavar="S1,S2",
+    p.add_argument("--sizes", type=csv(int), default=d.sizes, metavar="S1,S2",
                    help="image sides in pixels (default 256,512,1024)")
-    p.add_argument("--batches", type=_csv(int), default=d.batches, metavar="B1,B2",
+    p.add_argument("--batches", type=csv(int), default=d.batches, metavar="B1,B2",
                    help="batch sizes (default 1,4,8)")
-    p.add_argument("--devices", type=_csv(int), default=d.devices, metavar="N1,N2",
+    p.add_argument("--devices", type=csv(int), default=d.devices, metavar="N1,N2",
                    help="device counts to shard each batch over (default 1; on a CPU, simulated "
                         "devices on the same cores)")
-    p.add_argument("--optimizers", type=_csv(str), default=d.optimizers, metavar="O1,O2",
+    p.add_argument("--optimizers", type=csv(str), default=d.optimizers, metavar="O1,O2",
                    help="adam and/or lbfgs (default both)")
     p.add_argument("--iters", type=int, default=d.iters, help="timed steps (default %(default)s)")
     p.add_argument("--warmup", type=int, default=d.warmup,
