@@ -277,15 +277,16 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
     vgg = load_network(args, quiet)
     names = list(loaded)
     bar = progress_bar(len(names) * len(pairs) * cfg.num_iterations * len(cfg.all_scales),
-                            "it", quiet, desc=f"stylize {len(names)}×{len(pairs)}")
+                       "it", quiet, desc=f"stylize {len(names)}×{len(pairs)}")
     offset = 0
     diverged = []
     for style, style_list in pairs:
         def update(p: batch.BatchProgress, base=offset) -> None:
             bar.update(base + p.done - bar.n)
-        results = batch.stylize_many(vgg, [loaded[n] for n in names], [styles[s] for s in style_list],
-                               cfg, batch_size=args.batch_size, on_progress=update,
-                               every=(args.print_iter,) if args.print_iter else ())
+        results = batch.stylize_many(vgg, [loaded[n] for n in names],
+                                     [styles[s] for s in style_list], cfg,
+                                     batch_size=args.batch_size, on_progress=update,
+                                     every=(args.print_iter,) if args.print_iter else ())
         offset += bar.total // len(pairs)
         if jax.process_index() == 0:  # every host holds every result; one writes
             for name, result in zip(names, results):
