@@ -81,8 +81,9 @@ class LogWriter:
         self._metrics.flush()
 
     def image(self, run: str, tag: str, image: np.ndarray, step: int) -> None:
-        """image: float[H, W, 3] in [0, 1] (clipped)."""
-        array = np.clip(np.nan_to_num(np.asarray(image, np.float32)), 0.0, 1.0)
+        """image: float[H, W, 3] in [0, 1] (clipped; rounded to 8 bits as image files are)."""
+        array = np.round(np.clip(np.nan_to_num(np.asarray(image, np.float32)), 0.0, 1.0) * 255)
+        array = array.astype(np.uint8)
         self._writer(run).add_image(tag, array, step, dataformats="HWC")
 
     def text(self, run: str, tag: str, text: str, step: int = 0) -> None:
