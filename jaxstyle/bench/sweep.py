@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -62,14 +63,22 @@ def _resolve(path: str) -> Path:
     raise SystemExit(f"bench: {path} not found; pass --content/--style")
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _timed(argv: list[str], env: dict) -> dict:
-    start = time.perf_counter()
+    """Wall seconds and CPU seconds (user + system, all threads) of one jaxstyle process. On a
+    shared machine the CPU time moves less with the other users' load than the wall time."""
+    cpu, start = _cpu_seconds(), time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "jaxstyle.cli", *argv], env=env,
                           capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu
     if done.returncode != 0:
         raise SystemExit(f"bench: jaxstyle failed ({done.returncode}): {done.stderr.strip()[-500:]}")
-    return {"seconds": round(seconds, 2)}
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2)}
 
 
 def main(argv=None) -> int:
@@ -109,13 +118,19 @@ def main(argv=None) -> int:
                     ["stylize", *common[:1], "-o", str(tmp / f"{kind}-{i}.png"), *common[1:],
                      "--style-weight", v, *extra], env)})
         sweep = rows[0]["seconds"]
+        sweep_cpu = rows[0]["cpu_seconds"]
         totals = {k: round(sum(r["seconds"] for r in rows if r["run"] == k), 2)
                   for k in ("separate", "separate_cached")}
+        cpu = {k: round(sum(r["cpu_seconds"] for r in rows if r["run"] == k), 2)
+               for k in ("separate", "separate_cached")}
         print(json.dumps({"summary": {
             "size": args.size, "iters": args.iters, "optimizer": args.optimizer,
             "settings": len(values), "sweep_s": sweep, **{f"{k}_s": t for k, t in totals.items()},
             "ratio_vs_separate": round(sweep / totals["separate"], 3),
             "ratio_vs_separate_cached": round(sweep / totals["separate_cached"], 3),
+            "sweep_cpu_s": sweep_cpu, **{f"{k}_cpu_s": t for k, t in cpu.items()},
+            "cpu_ratio_vs_separate": round(sweep_cpu / cpu["separate"], 3),
+            "cpu_ratio_vs_separate_cached": round(sweep_cpu / cpu["separate_cached"], 3),
             "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg()[0]}}), flush=True)
     return 0
 
