@@ -153,6 +153,25 @@ class LossSpec:
     def layers(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.content_layers + self.style_layers))
 
+    @property
+    def per_problem(self) -> bool:
+        """True for a `stack`ed spec: every weight has a leading problem axis P."""
+        return jnp.ndim(self.tv_weight) == 1
+
+    @classmethod
+    def stack(cls, specs: Sequence["LossSpec"]) -> "LossSpec":
+        """One spec for P problems that share layers and normalization but not weights (a sweep):
+        content_weights float32[P, Lc], style_weights float32[P, Ls], tv_weight float32[P].
+        `optimize.run_steps` maps such a spec over the problem axis with the problems' states."""
+        first = specs[0]
+        for s in specs[1:]:
+            if (s.content_layers, s.style_layers, s.normalization) != (
+                    first.content_layers, first.style_layers, first.normalization):
+                raise ValueError("stacked loss specs must share layers and normalization")
+        return dataclasses.replace(
+            first, **{name: jnp.stack([getattr(s, name) for s in specs])
+                      for name in ("content_weights", "style_weights", "tv_weight")})
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)

@@ -205,9 +205,13 @@ def _all_finite(*arrays: Array) -> Array:
 
 
 def step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.LossSpec,
-         method: Method, dtype=jnp.float32) -> RunState:
+         method: Method, dtype=jnp.float32, step_scale: Array | None = None) -> RunState:
     """One loss+gradient evaluation and one projected optimizer update, for ONE problem (no
-    problem axis: image float32[H, W, 3], targets as from `losses.targets` for one image)."""
+    problem axis: image float32[H, W, 3], targets as from `losses.targets` for one image).
+
+    step_scale: float32[], optional, multiplies the optimizer's update: a learning rate that is a
+    runtime value (a sweep's per-problem rate, with a `Method` of learning_rate 1.0; Adam's and
+    L-BFGS's updates are linear in their rate)."""
 
     def objective(image):
         loss, terms = losses.total_loss(vgg, image[None], targets, spec, dtype)
@@ -215,6 +219,8 @@ def step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.
 
     (loss, terms), grad = jax.value_and_grad(objective, has_aux=True)(state.image)
     updates, opt_state = method.transformation().update(grad, state.opt_state, state.image)
+    if step_scale is not None:
+        updates = updates * step_scale
     image = jnp.clip(state.image + updates, 0.0, 1.0)
     apply = ~state.diverged & _all_finite(loss, grad, image)
     keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
@@ -239,14 +245,27 @@ def prepared(vgg: vgg19.VGG, spec: losses.LossSpec) -> vgg19.VGG:
 
 @functools.partial(jax.jit, static_argnames=("method", "dtype"), donate_argnames=("state",))
 def run_steps(state: RunState, num_steps: Array | int, vgg: vgg19.VGG, targets: losses.Targets,
-              spec: losses.LossSpec, method: Method, dtype: str = "float32") -> RunState:
+              spec: losses.LossSpec, method: Method, dtype: str = "float32",
+              step_scale: Array | None = None) -> RunState:
     """``num_steps`` optimizer steps for every problem, compiled once per shape (``num_steps`` is a
     runtime value). targets: per problem, as from `problem_targets`.
+
+    A spec shared by all problems (weights float32[L]) is closed over, as always. A
+    `losses.LossSpec.stack`ed one (weights with a leading problem axis P) is mapped with the
+    problems: every problem its own loss weights, still runtime arrays in one program (a sweep).
+    step_scale: float32[P], optional: each problem's update multiplied by it (see `step`).
 
     Pass a `vgg19.prepare`d network when calling repeatedly (as `run` does): an unprepared one has
     its kernels transformed at every call, outside the loop but inside this program (on a CPU that
     is ~0.4 s per call, more than half a 256 px step)."""
     vgg = prepared(vgg, spec)
+    if spec.per_problem or step_scale is not None:  # a sweep: weights/rates mapped per problem
+        specs = spec if spec.per_problem else None
+        one = functools.partial(step, vgg=vgg, method=method, dtype=jnp.dtype(dtype))
+        mapped = jax.vmap(lambda s, t, w, r: one(s, targets=t, spec=spec if w is None else w,
+                                                 step_scale=r))
+        return lax.fori_loop(0, jnp.asarray(num_steps, jnp.int32),
+                             lambda _, s: mapped(s, targets, specs, step_scale), state)
     one_step = functools.partial(step, vgg=vgg, spec=spec, method=method, dtype=jnp.dtype(dtype))
     all_steps = jax.vmap(lambda s, t: one_step(s, targets=t))
     return lax.fori_loop(0, jnp.asarray(num_steps, jnp.int32),
@@ -277,17 +296,20 @@ def chunk_boundaries(num_iterations: int, every: tuple[int, ...], max_chunk: int
 def run(state: RunState, num_iterations: int, vgg: vgg19.VGG, targets: losses.Targets,
         spec: losses.LossSpec, method: Method, dtype: str = "float32",
         every: tuple[int, ...] = (), on_chunk: Callable[[RunState, int], None] | None = None,
-        start: int = 0) -> RunState:
+        start: int = 0, step_scale: Array | None = None) -> RunState:
     """Runs steps ``start`` … ``num_iterations`` from ``state`` in compiled chunks.
 
     on_chunk(state, iterations_done) is called after each chunk (chunk ends: see
     `chunk_boundaries`); it may block on the state (a progress bar reads the loss). Stops early when
-    every problem has diverged. Returns the last state.
+    every problem has diverged. Returns the last state. A stacked ``spec`` and ``step_scale``
+    (float32[P]): see `run_steps`.
     """
     done = start
     vgg = prepared(vgg, spec)  # once for all chunks
     for mark in chunk_boundaries(num_iterations, every, start=start):
-        state = run_steps(state, mark - done, vgg, targets, spec, method, dtype)
+        state = (run_steps(state, mark - done, vgg, targets, spec, method, dtype)
+                 if step_scale is None else
+                 run_steps(state, mark - done, vgg, targets, spec, method, dtype, step_scale))
         done = mark
         if on_chunk is not None:
             on_chunk(state, done)

@@ -19,6 +19,8 @@ from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, add_weights_flags
                                  enable_compilation_cache, is_out_of_memory, load_network,
                                  non_negative_float, out_of_memory_error, positive, progress_bar,
                                  warn)
+from jaxstyle.cli.sweep import SWEEP_FLAGS, run_sweep, sweep_axis
+from jaxstyle.cli.watch import open_watch, web_address
 from jaxstyle.config import DTYPES, INITS, NORMALIZATIONS, OPTIMIZERS, Config
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.files import atomic_write
@@ -87,6 +89,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="most images per compiled run, sharded over all devices (caps memory)")
     g.add_argument("--all-pairs", action="store_true",
                    help="stylize every content with every style separately (no blending)")
+    g = p.add_argument_group("see and compare")
+    g.add_argument("--sweep", action="append", type=sweep_axis, metavar="NAME=V1,V2",
+                   help="run every combination of these settings (repeatable: the Cartesian "
+                        "product) as one batched run; -o gets a labelled contact sheet, "
+                        "OUT-1.png... and OUT.json. NAME: " + ", ".join(SWEEP_FLAGS) +
+                        " (several numbers in one value: colons, e.g. style-blend-weights=1:3,3:1)")
+    g.add_argument("--log-dir", metavar="DIR",
+                   help="write TensorBoard event files (loss terms at every --print-iter, the "
+                        "image at every --save-iter, the settings) and DIR/metrics.jsonl")
+    g.add_argument("--web", type=web_address, metavar="[HOST:]PORT",
+                   help="serve a live view of the run at http://HOST:PORT/ (HOST default 127.0.0.1)")
+    g.add_argument("--web-keep", action="store_true",
+                   help="keep the --web page open after the run, until Ctrl-C")
     p.set_defaults(run=run)
 
 
@@ -145,6 +160,8 @@ def load_checkpoint(path: Path, cfg: Config):
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     enable_compilation_cache(args)
+    if (args.sweep or args.log_dir or args.web) and getattr(args, "watch", None) is None:
+        return run_watched(args, cfg)
     contents = [Path(c) for c in args.content]
     if len(contents) > 1 or contents[0].is_dir() or args.all_pairs:
         return run_many(args, cfg)  # several images: outputs into a directory
@@ -172,7 +189,11 @@ def run(args: argparse.Namespace) -> int:
             image = image_io.original_colors(image, content)
         return image
 
+    watch = getattr(args, "watch", None)  # --log-dir / --web (see `run_watched`)
+
     def on_progress(p) -> None:
+        if watch is not None:
+            watch.progress(p, [0])
         done = p.scale_index * cfg.num_iterations + p.iteration
         last.update(images=p.images, scale_index=p.scale_index, iteration=p.iteration)
         bar.update(done - bar.n)
@@ -227,6 +248,24 @@ def run(args: argparse.Namespace) -> int:
     checkpoint.unlink(missing_ok=True)
     print(f"wrote {output}", file=sys.stderr if args.quiet else sys.stdout)
     return 0
+
+
+def run_watched(args: argparse.Namespace, cfg: Config) -> int:
+    """A sweep, or one image, with --log-dir and/or --web: both opened before any work."""
+    if not args.sweep and (len(args.content) > 1 or Path(args.content[0]).is_dir()
+                           or args.all_pairs):
+        raise JaxstyleError("--log-dir and --web apply to one content image or a --sweep; "
+                            "run a batch without them")
+    args.watch = open_watch(args, cfg)
+    try:
+        if args.sweep:
+            return run_sweep(args, cfg, args.watch)
+        args.watch.start([Path(args.content[0]).stem])
+        code = run(args)
+        args.watch.finish()
+        return code
+    finally:
+        args.watch.close()
 
 
 # ----------------------------------------------------------------------------------------------

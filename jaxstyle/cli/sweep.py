@@ -1,0 +1,142 @@
+"""``jaxstyle stylize ... --sweep NAME=V1,V2 [--sweep ...]``: every combination of the settings as one
+batched, compiled run (`jaxstyle.sweep`), written as a labelled contact sheet at ``-o``, one image
+per cell (``OUT-1.png`` …) and ``OUT.json`` (the cells' files and settings, in the sheet's order)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from jaxstyle import image_io
+from jaxstyle import sweep as sweep_lib
+from jaxstyle.cli.common import load_network, progress_bar, warn
+from jaxstyle.config import INITS, Config
+from jaxstyle.errors import JaxstyleError
+from jaxstyle.files import atomic_write
+from jaxstyle.sheet import contact_sheet
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(":"))
+
+
+def _init(text: str) -> str:
+    if text not in INITS:
+        raise ValueError(text)
+    return text
+
+
+# Flag name -> (Config field, parser of one value). Several-number values are colon-separated.
+SWEEP_FLAGS = {
+    "content-weight": ("content_weight", float),
+    "style-weight": ("style_weight", float),
+    "tv-weight": ("tv_weight", float),
+    "content-layer-weights": ("content_layer_weights", _weights),
+    "style-layer-weights": ("style_layer_weights", _weights),
+    "style-blend-weights": ("style_blend_weights", _weights),
+    "learning-rate": ("learning_rate", float),
+    "seed": ("seed", int),
+    "init": ("init", _init),
+}
+SHAPE_FLAGS = ("image-size", "scales", "content-layers", "style-layers", "style-scale", "style-size",
+               "optimizer", "lbfgs-memory", "normalization", "pooling", "compute-dtype",
+               "num-iterations", "original-colors")
+
+
+def sweep_axis(text: str) -> tuple[str, tuple]:
+    """A flag type: ``NAME=V1,V2,...`` -> (flag name, values); a value of several numbers (layer or
+    blend weights) separates them with colons: ``style-blend-weights=1:3,3:1``."""
+    name, eq, values = text.partition("=")
+    name = name.strip().removeprefix("--")
+    if not eq or not values.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=V1,V2,..., got {text!r}")
+    if name in SHAPE_FLAGS:
+        raise argparse.ArgumentTypeError(
+            f"cannot sweep {name}: it changes the compiled program (shapes, layers or optimizer); "
+            f"run one command per value. Sweepable: {', '.join(SWEEP_FLAGS)}")
+    if name not in SWEEP_FLAGS:
+        raise argparse.ArgumentTypeError(f"unknown sweep setting {name!r}; sweepable: "
+                                         f"{', '.join(SWEEP_FLAGS)}")
+    parse = SWEEP_FLAGS[name][1]
+    try:
+        return name, tuple(parse(v.strip()) for v in values.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad value in --sweep {text!r}") from None
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ":".join(f"{v:g}" for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def cell_paths(output: Path, count: int) -> list[Path]:
+    return [output.with_name(f"{output.stem}-{i + 1}{output.suffix}") for i in range(count)]
+
+
+def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
+    """One content image under every combination of ``args.sweep``."""
+    if len(args.content) != 1 or Path(args.content[0]).is_dir() or args.all_pairs:
+        raise JaxstyleError("--sweep takes one content image (and no --all-pairs)")
+    if args.resume or args.gif:
+        raise JaxstyleError("--resume and --gif do not apply to a sweep; drop them")
+    names = [name for name, _ in args.sweep]
+    if len(set(names)) != len(names):
+        raise JaxstyleError("each setting may be swept once; put all its values in one --sweep")
+    axes = {SWEEP_FLAGS[name][0]: values for name, values in args.sweep}
+    cells = sweep_lib.grid(cfg, axes)
+    inputs = [*args.content, *args.style, args.init_image]
+    output = image_io.check_output_path(args.output, inputs)
+    files = cell_paths(output, len(cells))
+    for f in files:
+        image_io.check_output_path(f, inputs)
+    index = output.with_suffix(".json")
+    image_io.check_output_path(index.with_suffix(".png"), inputs)  # same directory, writable
+
+    long_side = max(cfg.all_scales)
+    content = image_io.load_image(args.content[0], long_side, role="content image")
+    style_long = max(16, round(cfg.style_scale * long_side))
+    styles = [image_io.load_image(s, style_long, role="style image") for s in args.style]
+    init_image = (image_io.load_image(args.init_image, long_side, role="init image")
+                  if args.init_image else None)
+    vgg = load_network(args, args.quiet)
+
+    labels = [[f"{name}={_show(v)}" for name, v in zip(names, settings.values())]
+              for settings, _ in cells]
+    if watcher is not None:
+        watcher.start([" ".join(lbl) for lbl in labels], {"sweep": dict(args.sweep)})
+    total = len(cells) * cfg.num_iterations * len(cfg.all_scales)
+    bar = progress_bar(total, "it", args.quiet, desc=f"sweep {len(cells)}")
+    per_cell = cfg.num_iterations * len(cfg.all_scales)
+
+    def on_progress(p: sweep_lib.SweepProgress) -> None:
+        step = p.progress.scale_index * cfg.num_iterations + p.progress.iteration
+        bar.update(p.first * per_cell + p.count * step - bar.n)  # earlier cells are done
+        if watcher is not None:
+            watcher.progress(p.progress, range(p.first, p.first + p.count))
+
+    every = tuple(k for k in (args.print_iter, args.save_iter) if k)
+    results = sweep_lib.stylize_sweep(vgg, content, styles, [c for _, c in cells],
+                                      batch_size=args.batch_size, init_image=init_image,
+                                      on_progress=on_progress, every=every)
+    bar.close()
+    images = [r.images[0] for r in results]
+    for image, f in zip(images, files):
+        image_io.save_image(image, f, inputs)
+    image_io.save_image(contact_sheet(images, labels), output, inputs)
+    listing = [{"file": f.name, "settings": {name: (list(v) if isinstance(v, tuple) else v)
+                                             for name, v in zip(names, settings.values())}}
+               for f, (settings, _) in zip(files, cells)]
+    atomic_write(index, lambda fh: fh.write((json.dumps(listing, indent=1) + "\n").encode()))
+    diverged = [lbl for lbl, r in zip(labels, results) if r.diverged[0]]
+    for lbl in diverged:
+        warn(f"the loss of {' '.join(lbl)} became NaN or infinite; kept its last finite image")
+    if watcher is not None:
+        watcher.finish()
+    print(f"wrote {output} ({len(cells)} cells), {files[0].name} … {files[-1].name} and {index.name}",
+          file=sys.stderr if args.quiet else sys.stdout)
+    return 1 if diverged else 0

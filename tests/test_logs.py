@@ -1,0 +1,128 @@
+"""--log-dir: TensorBoard event files that TensorBoard's own reader loads, and metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from jaxstyle import cli
+from jaxstyle.logs import LogWriter
+
+EVERYTHING = {"scalars": 0, "images": 0, "tensors": 0}
+
+
+def _read(run_dir):
+    events = EventAccumulator(str(run_dir), size_guidance=EVERYTHING)
+    events.Reload()
+    return events
+
+
+def test_writer_files_load_in_tensorboard(tmp_path):
+    log = LogWriter(tmp_path / "logs")
+    rng = np.random.default_rng(0)
+    image = rng.random((6, 10, 3), dtype=np.float32)
+    for run, scale in (("a run", 1.0), ("b", 2.0)):
+        log.text(run, "settings", f"scale {scale}")
+        for step in (10, 20):
+            log.scalars(run, step, {"loss": scale * step, "tv": scale}, {"iteration": step})
+        log.image(run, "image", image * scale, 20)
+    log.close()
+    for run, scale in (("a_run", 1.0), ("b", 2.0)):
+        events = _read(tmp_path / "logs" / run)
+        assert [(e.step, e.value) for e in events.Scalars("loss/loss")] == [(10, 10 * scale),
+                                                                            (20, 20 * scale)]
+        assert [e.value for e in events.Scalars("loss/tv")] == [scale, scale]
+        (png,) = events.Images("image")
+        decoded = np.asarray(Image.open(__import__("io").BytesIO(png.encoded_image_string)))
+        expected = np.round(np.clip(image * scale, 0, 1) * 255)
+        assert png.step == 20 and np.abs(decoded.astype(float) - expected).max() <= 1
+        (text,) = events.Tensors("settings/text_summary")
+        assert text.tensor_proto.string_val == [f"scale {scale}".encode()]
+    lines = [json.loads(s) for s in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["run"], r["step"], r["loss"], r["iteration"]) for r in lines] == [
+        ("a_run", 10, 10.0, 10), ("a_run", 20, 20.0, 20), ("b", 10, 20.0, 10), ("b", 20, 40.0, 20)]
+
+
+def _image(path, shape, seed):
+    rng = np.random.default_rng(seed)
+    Image.fromarray((rng.random(shape + (3,)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def run(capsys, *argv):
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    return _image(d / "c.png", (24, 32), 0), _image(d / "s.png", (30, 30), 1)
+
+
+def test_stylize_logs_terms_images_and_settings(capsys, tmp_path, inputs, keras_safetensors):
+    content, style = inputs
+    logs = tmp_path / "logs"
+    code, _, err = run(capsys, "stylize", content, "--style", style, "--weights", keras_safetensors,
+                       "-o", tmp_path / "o.png", "--image-size", "32", "--num-iterations", "7",
+                       "--style-layers", "relu1_1,relu2_1", "--content-layers", "relu2_1",
+                       "--print-iter", "2", "--save-iter", "3", "--style-weight", "321",
+                       "--quiet", "--log-dir", logs)
+    assert code == 0, err
+    records = [json.loads(s) for s in (logs / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6, 7]  # every --print-iter and the last
+    events = _read(logs / "c")
+    for term in ("loss", "content", "style", "tv"):
+        scalars = events.Scalars(f"loss/{term}")
+        assert [s.step for s in scalars] == [2, 4, 6, 7]
+        np.testing.assert_allclose([s.value for s in scalars], [r[term] for r in records],
+                                   rtol=1e-6)
+    for r in records:  # the total is the sum of its terms
+        assert r["loss"] == pytest.approx(r["content"] + r["style"] + r["tv"], rel=1e-5)
+    assert [e.step for e in events.Images("image")] == [3, 6, 7]  # every --save-iter and the end
+    # The last logged image is the written output.
+    last = events.Images("image")[-1].encoded_image_string
+    logged = np.asarray(Image.open(__import__("io").BytesIO(last)))
+    assert np.array_equal(logged, np.asarray(Image.open(tmp_path / "o.png")))
+    settings = events.Tensors("settings/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert '"style_weight": 321.0' in settings
+
+
+def _one_line(err, fragment):
+    lines = [s for s in err.strip().splitlines() if s.strip()]
+    assert len(lines) == 1 and lines[0].startswith("jaxstyle: error: "), err
+    assert fragment in lines[0], lines[0]
+
+
+def test_unwritable_log_dir_is_one_line_before_any_work(capsys, tmp_path, inputs):
+    content, style = inputs
+    blocker = tmp_path / "file"
+    blocker.write_text("in the way")
+    # No weights flag: the network would be downloaded; the error must come before that.
+    code, _, err = run(capsys, "stylize", content, "--style", style, "-o", tmp_path / "o.png",
+                       "--log-dir", blocker / "logs", "--cache-dir", tmp_path / "cache")
+    assert code == 1
+    _one_line(err, "cannot write logs")
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_port_in_use_is_one_line(capsys, tmp_path, inputs):
+    content, style = inputs
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run(capsys, "stylize", content, "--style", style, "-o", tmp_path / "o.png",
+                           "--web", str(port), "--cache-dir", tmp_path / "cache")
+    assert code == 1
+    _one_line(err, f"127.0.0.1:{port}")
+    assert "in use" in err and not (tmp_path / "o.png").exists()
