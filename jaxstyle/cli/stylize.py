@@ -262,7 +262,8 @@ def run_watched(args: argparse.Namespace, cfg: Config) -> int:
             return run_sweep(args, cfg, args.watch)
         args.watch.start([Path(args.content[0]).stem])
         code = run(args)
-        args.watch.finish()
+        if code == 0:  # not after Ctrl-C: --web-keep would wait for a second one
+            args.watch.finish()
         return code
     finally:
         args.watch.close()
