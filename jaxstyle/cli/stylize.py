@@ -13,16 +13,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxstyle import batch, image_io
+from jaxstyle import batch, image_io, memory
 from jaxstyle import stylize as stylize_lib
-from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, add_weights_flags, csv,
-                                 enable_compilation_cache, is_out_of_memory, load_network,
+from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, add_weights_flags,
+                                 available_memory, csv, enable_compilation_cache, is_out_of_memory, load_network,
                                  non_negative_float, out_of_memory_error, positive, progress_bar,
                                  warn)
 from jaxstyle.config import (DTYPES, INITS, NORMALIZATIONS, OPTIMIZERS, PRESETS, RELATIVE_WEIGHTS,
                              STYLE_LOSSES, Config, from_preset)
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.files import atomic_write
+from jaxstyle.imageops import fit_long_side
 
 CHECKPOINT_SUFFIX = ".resume.npz"
 
@@ -184,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
     if args.gif:
         image_io.check_output_path(args.gif, [*contents, *args.style, args.init_image])
     long_side = max(cfg.all_scales)
+    dims = image_io.image_dimensions(contents[0])
+    if dims is not None:  # before loading: a huge --image-size must not get the process killed
+        check_memory(cfg, *fit_long_side(*dims, long_side), num_styles=len(args.style))
     content = image_io.load_image(contents[0], long_side, role="content image")
     style_long = max(16, round(cfg.style_scale * long_side))
     styles = [image_io.load_image(s, style_long, role="style image") for s in args.style]
@@ -263,6 +267,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_memory(cfg: Config, height: int, width: int, problems: int = 1,
+                 num_styles: int = 1) -> None:
+    """A one-line error before any work when the run cannot fit this host's (or device's) memory."""
+    available, where = available_memory()
+    memory.check_fits(cfg, height, width, available, where, problems, num_styles)
+
+
 def stop_reason(result: stylize_lib.Result, cfg: Config, i: int = 0) -> str:
     """Why problem ``i`` of a run stopped, in a few words for the progress bar and the log."""
     steps = int(result.steps[i]) if result.steps is not None else cfg.num_iterations
@@ -302,6 +313,9 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
         [(s, [s]) for s in style_paths] if args.all_pairs else [(None, style_paths)])
     quiet = args.quiet
     long_side = max(cfg.all_scales)
+    # Before loading: the worst case, a square image, in full batches.
+    check_memory(cfg, long_side, long_side, min(args.batch_size, len(contents)),
+                 1 if args.all_pairs else len(args.style))
     style_long = max(16, round(cfg.style_scale * long_side))
     styles = {p: image_io.load_image(p, style_long, role="style image") for p in style_paths}
 
