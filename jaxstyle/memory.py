@@ -5,7 +5,7 @@ The estimate for one compiled run of P problems of h x w pixels (n = P·h·w):
 
 * XLA's temporaries of one step: ``TEMP_BYTES_PER_PIXEL`` × n, measured with
   ``optimize.run_steps.lower(...).compile().memory_analysis()`` (the full VGG-19 to relu5_1,
-  float32; `jaxstyle.bench.memory` prints the measurement);
+  float32; `python -m jaxstyle.bench.memory 128 256 512` prints the measurement);
 * the run state: the image, the optimizer's state (L-BFGS: 2 × memory + 2 images; Adam: 2), the
   average and best iterate when kept: 12 bytes per pixel each;
 * the style images' forward passes for the targets (about half a step's temporaries per pixel);
@@ -21,7 +21,7 @@ from jaxstyle.imageops import fit_long_side
 
 GIB = 2**30
 # XLA temporaries per input pixel of one step (memory_analysis().temp_size_in_bytes / (h·w)),
-# measured at 512 px on the CPU backend (see docs/performance.md), rounded up.
+# measured on the CPU backend: 2418–2628 at 128–512 px, L-BFGS and Adam (docs/performance.md).
 TEMP_BYTES_PER_PIXEL = {"lbfgs": 2600, "adam": 2600}
 FIXED_BYTES = int(1.0 * GIB)
 IMAGE_BYTES_PER_PIXEL = 12  # float32 RGB

@@ -72,7 +72,9 @@ def png_loss(png: Path, content: Path, style: Path, weights: Path) -> float:
     from jaxstyle import losses, vgg19
     from jaxstyle.config import Config
 
-    read = lambda p: jnp.asarray(np.asarray(Image.open(p).convert("RGB"), np.float32) / 255.0)[None]  # noqa: E731
+    def read(path):
+        return jnp.asarray(np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0)[None]
+
     cfg = Config(content_weight=1e4, style_weight=1e9, tv_weight=2 / 255**2)
     spec = losses.LossSpec.from_config(cfg)
     vgg = vgg19.load(weights, source="torchvision")
@@ -100,8 +102,9 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         weights = tmp / "vgg19.pth"
         trace, ref_wall = reference_trace(reference, args.size, args.evals, content, style, weights)
-        print(json.dumps({"impl": "torch-reference", "size": args.size, "evals": trace[-1]["evals"],
-                          "seconds": trace[-1]["seconds"], "loss_clamped": trace[-1]["loss_clamped"],
+        last = trace[-1]
+        print(json.dumps({"impl": "torch-reference", "size": args.size, "evals": last["evals"],
+                          "seconds": last["seconds"], "loss_clamped": last["loss_clamped"],
                           "process_wall_s": round(ref_wall, 2)}), flush=True)
         images = {}
         for name, path in (("content", content), ("style", style)):

@@ -16,7 +16,8 @@ import numpy as np
 from jaxstyle import batch, image_io, memory
 from jaxstyle import stylize as stylize_lib
 from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, add_weights_flags,
-                                 available_memory, csv, enable_compilation_cache, is_out_of_memory, load_network,
+                                 available_memory, csv, enable_compilation_cache,
+                                 is_out_of_memory, load_network,
                                  non_negative_float, out_of_memory_error, positive, progress_bar,
                                  warn)
 from jaxstyle.config import (DTYPES, INITS, NORMALIZATIONS, OPTIMIZERS, PRESETS, RELATIVE_WEIGHTS,
@@ -66,7 +67,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "iterations, its loss weights, no early stop). Explicit flags override it")
     g.add_argument("--stop-tolerance", type=non_negative_float, metavar="FRACTION",
                    help="stop when the loss improved by less than this fraction over the last "
-                        f"--stop-window iterations; 0: never (default {PRESETS['fast']['stop_tolerance']:g})")
+                        "--stop-window iterations; 0: never "
+                        f"(default {PRESETS['fast']['stop_tolerance']:g})")
     g.add_argument("--stop-window", type=positive(int), metavar="N",
                    help=f"default {PRESETS['fast']['stop_window']}")
     g.add_argument("--average", type=non_negative_float, metavar="DECAY",
