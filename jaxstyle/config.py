@@ -21,6 +21,8 @@ OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "style", "image")
 NORMALIZATIONS = ("neural-style", "gatys")
 DTYPES = ("float32", "bfloat16")
+STYLE_LOSSES = ("gram", "w2")
+LOSS_SCALES = ("absolute", "relative")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,27 @@ class Config:
       pooling: "max" or "avg" (Gatys et al. prefer average pooling).
       compute_dtype: "float32", or "bfloat16" for convolutions on hardware with it (Grams, losses,
         the image and optimizer state stay float32).
+    Stopping and the result (see `optimize.Tracking`):
+      stop_tolerance: a problem stops (and its image freezes) when its lowest loss so far improved
+        by less than this fraction over the last ``stop_window`` steps; 0 never stops early.
+        ``num_iterations`` stays the cap.
+      stop_window: that window, in steps.
+      average: if > 0, the result is the bias-corrected exponential moving average of the iterates
+        with this decay (e.g. 0.9), which removes the high-frequency noise of the last steps.
+      keep_best: the result is the iterate with the lowest loss evaluated (for non-monotone
+        optimizers such as Adam). ``average`` takes precedence.
+    Loss variants:
+      style_loss: "gram" (the Gram-matrix terms above) or "w2": the squared Wasserstein-2 distance
+        between Gaussian fits (mean and covariance) of the image's and the style's features, per
+        layer, divided by the channel count; several styles are blended by their first and second
+        moments (see `losses.w2_style_loss`).
+      loss_scale: "absolute": the weights mean what they mean in neural-style (their balance suits
+        caffe-convention weights). "relative": each layer's content and style term is divided by
+        its target's scale (mean square of the content features; mean square of the target Gram,
+        or for "w2" the target's second moment per channel) and TV by the content image's own TV,
+        so that the same weights give a comparable balance with any weights file
+        (`losses.relative_spec`). The CLI uses "relative" with ``RELATIVE_WEIGHTS`` when no loss
+        weight is given.
     """
 
     content_layers: tuple[str, ...] = ("relu4_2",)
@@ -83,6 +106,13 @@ class Config:
 
     pooling: str = "max"
     compute_dtype: str = "float32"
+
+    stop_tolerance: float = 0.0
+    stop_window: int = 50
+    average: float = 0.0
+    keep_best: bool = False
+    style_loss: str = "gram"
+    loss_scale: str = "absolute"
 
     def __post_init__(self) -> None:
         validate(self)
@@ -154,3 +184,38 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"every scale must be >= 16 pixels; got {cfg.scales}")
     if not cfg.style_scale > 0:
         raise ConfigError(f"style scale must be > 0; got {cfg.style_scale}")
+    if not cfg.stop_tolerance >= 0:
+        raise ConfigError(f"stop tolerance must be >= 0; got {cfg.stop_tolerance}")
+    if cfg.stop_window < 1:
+        raise ConfigError(f"stop window must be >= 1 step; got {cfg.stop_window}")
+    if not 0 <= cfg.average < 1:
+        raise ConfigError(f"average decay must be in [0, 1); got {cfg.average}")
+    _check_choice("style loss", cfg.style_loss, STYLE_LOSSES)
+    _check_choice("loss scale", cfg.loss_scale, LOSS_SCALES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets: the schedules the CLI offers. `Config()` itself keeps neural-style's defaults.
+
+# Loss weights for loss_scale="relative" (each term divided by its target's scale): the balance of
+# the usual torchvision-convention weights (content 1e4, style 1e9, TV 1 on [0, 1]), measured as
+# relative weights on a torchvision-convention VGG-19 at 256 px (tubingen × starry_night: content
+# ≈ 1e4, style 1.2e4 … 2e5 per layer, TV ≈ 1.3e3) and divided by the content weight.
+RELATIVE_WEIGHTS = {"content_weight": 1.0, "style_weight": 5.0, "tv_weight": 0.1}
+
+PRESETS: dict[str, dict] = {
+    # The default of `jaxstyle stylize`: chosen by time to quality (docs/performance.md).
+    "fast": dict(stop_tolerance=0.01, stop_window=20),
+    # jcjohnson/neural-style exactly: Config's defaults (1000 L-BFGS steps, no early stop).
+    "neural-style": dict(),
+}
+
+
+def from_preset(name: str, **fields) -> Config:
+    """A `Config` from preset ``name`` (see `PRESETS`) with ``fields`` overriding it. Fields that
+    are None are left to the preset (or to `Config`'s default)."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
+    values = dict(PRESETS[name])
+    values.update({k: v for k, v in fields.items() if v is not None})
+    return Config(**values)

@@ -101,6 +101,19 @@ def load_image(path: PathLike, long_side: int | None = None, role: str = "image"
     return image
 
 
+def image_dimensions(path: PathLike) -> tuple[int, int] | None:
+    """(height, width) of an image file as `load_image` would return it (EXIF orientation applied),
+    read from its header without decoding; None if the file cannot be read (`load_image` then
+    reports why)."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # reported properly by load_image
+        return None
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
 def collect_images(paths: Sequence[PathLike]) -> list[Path]:
     """Files as given, and the image files (by extension, sorted) of any folder among them."""
     found: list[Path] = []

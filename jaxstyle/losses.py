@@ -136,6 +136,8 @@ class LossSpec:
     content_weights: Array
     style_weights: Array
     tv_weight: Array
+    # "gram" or "w2" (`w2_style_loss`); with "w2" the style targets are packed moments.
+    style_loss: str = dataclasses.field(default="gram", metadata=dict(static=True))
 
     @classmethod
     def from_config(cls, cfg: Config) -> "LossSpec":
@@ -147,6 +149,7 @@ class LossSpec:
             content_weights=cfg.content_weight * jnp.asarray(content, jnp.float32),
             style_weights=cfg.style_weight * jnp.asarray(style, jnp.float32),
             tv_weight=jnp.asarray(cfg.tv_weight, jnp.float32),
+            style_loss=cfg.style_loss,
         )
 
     @property
@@ -185,6 +188,8 @@ class Targets:
 def style_grams(vgg: vgg19.VGG, style_image: Array, spec: LossSpec, dtype=jnp.float32) -> dict:
     """style_image: float32[1, H, W, 3] -> {layer: float32[1, C, C]} with ``spec``'s normalization."""
     feats = vgg19.features(vgg, style_image, spec.style_layers, dtype=dtype)
+    if spec.style_loss == "w2":  # moments, blended linearly; made into W2 targets in `targets`
+        return {name: packed_moments(feats[name]) for name in spec.style_layers}
     normalize = spec.normalization != "gatys"
     return {name: gram_matrix(feats[name], normalize=normalize) for name in spec.style_layers}
 
@@ -205,6 +210,8 @@ def targets(vgg: vgg19.VGG, content_images: Array, style_images: Sequence[Array]
     content = {k: v.astype(jnp.float32) for k, v in content.items()}
     grams = [style_grams(vgg, image, spec, dtype) for image in style_images]
     style = {name: sum(w * g[name] for w, g in zip(blend_weights, grams)) for name in spec.style_layers}
+    if spec.style_loss == "w2":
+        style = {name: w2_target(m) for name, m in style.items()}
     return Targets(content=content, style=style)
 
 
@@ -217,8 +224,9 @@ def loss_terms(features: dict[str, Array], images: Array, targets: Targets, spec
     content = sum(spec.content_weights[i] * content_loss(features[name], targets.content[name],
                                                          spec.normalization)
                   for i, name in enumerate(spec.content_layers))
-    style = sum(spec.style_weights[i] * style_loss(features[name], targets.style[name],
-                                                   spec.normalization)
+    one_style = w2_style_loss if spec.style_loss == "w2" else functools.partial(
+        style_loss, normalization=spec.normalization)
+    style = sum(spec.style_weights[i] * one_style(features[name], targets.style[name])
                 for i, name in enumerate(spec.style_layers))
     tv = spec.tv_weight * total_variation(images)
     return {"content": content, "style": style, "tv": tv}
@@ -233,3 +241,121 @@ def total_loss(vgg: vgg19.VGG, images: Array, targets: Targets, spec: LossSpec,
     feats = vgg19.features(vgg, images, spec.layers, dtype=dtype)
     terms = loss_terms(feats, images, targets, spec)
     return sum(jnp.sum(t) for t in terms.values()), terms
+
+
+# ----------------------------------------------------------------------------------------------
+# Wasserstein-2 style loss between Gaussian fits of the feature distributions (as in
+# crowsonkb/style-transfer-pytorch): W2²(N(μ, Σ), N(μₜ, Σₜ)) = ‖μ − μₜ‖² + tr Σ + tr Σₜ
+# − 2·tr (Σₜ^½ Σ Σₜ^½)^½, divided by the channel count C.
+
+
+def _sym(x: Array) -> Array:
+    return 0.5 * (x + jnp.swapaxes(x, -1, -2))
+
+
+@jax.custom_vjp
+def sqrtm_psd(m: Array) -> Array:
+    """The principal square root of symmetric positive semi-definite matrices, float32[..., C, C],
+    by an eigendecomposition (negative rounding-error eigenvalues count as 0).
+
+    Its VJP solves the Sylvester equation X·M̄ + M̄·X = Ḡ in the eigenbasis, M̄ = V[(VᵀḠV)ᵢⱼ /
+    (sᵢ + sⱼ)]Vᵀ with sᵢ the square roots of the eigenvalues: no eigenvalue differences appear (the
+    generic eigh gradient divides by them and fails on repeated eigenvalues). sᵢ + sⱼ is floored
+    at 1e-3·max(s) (and 1e-12), where the true derivative of √ at 0 is infinite.
+    """
+    return _sqrtm_fwd(m)[0]
+
+
+def _sqrtm_fwd(m):
+    w, v = jnp.linalg.eigh(_sym(m))
+    s = jnp.sqrt(jnp.maximum(w, 0.0))
+    return (v * s[..., None, :]) @ jnp.swapaxes(v, -1, -2), (s, v)
+
+
+def _sqrtm_bwd(res, g):
+    s, v = res
+    vt = jnp.swapaxes(v, -1, -2)
+    floor = jnp.maximum(1e-3 * jnp.max(s, axis=-1, keepdims=True), 1e-12)[..., None]
+    denom = jnp.maximum(s[..., :, None] + s[..., None, :], floor)
+    return (v @ ((vt @ _sym(g) @ v) / denom) @ vt,)
+
+
+sqrtm_psd.defvjp(_sqrtm_fwd, _sqrtm_bwd)
+
+
+def feature_moments(features: Array) -> tuple[Array, Array]:
+    """features: float[B, H, W, C] -> (mean float32[B, C], second moment E[ffᵀ] float32[B, C, C])
+    over the H·W positions."""
+    b, h, w, c = features.shape
+    mean = jnp.mean(features.reshape(b, h * w, c).astype(jnp.float32), axis=1)
+    return mean, _gram(features, 1.0 / (h * w))
+
+
+def packed_moments(features: Array) -> Array:
+    """float[1, H, W, C] -> float32[1, C + 1, C]: the second moment with the mean as the last row.
+    Mixtures blend linearly in these (first and second moments), which is how styles are blended
+    for the W2 loss."""
+    mean, second = feature_moments(features)
+    return jnp.concatenate([second, mean[:, None, :]], axis=1)
+
+
+def w2_target(packed: Array) -> Array:
+    """Blended `packed_moments` [1, C + 1, C] -> the W2 target [1, C + 1, C]: Σₜ^½ (the square
+    root of the covariance E[ffᵀ] − μμᵀ) with the mean μ as the last row."""
+    second, mean = packed[:, :-1], packed[:, -1]
+    cov = second - mean[:, :, None] * mean[:, None, :]
+    return jnp.concatenate([sqrtm_psd(cov), mean[:, None, :]], axis=1)
+
+
+def w2_style_loss(features: Array, target: Array) -> Array:
+    """Squared W2 distance between Gaussian fits, over C. features: float[B, H, W, C]; target:
+    float32[B or 1, C + 1, C] from `w2_target` -> float32[B]."""
+    c = features.shape[-1]
+    root, mean_t = target[:, :-1], target[:, -1]
+    mean, second = feature_moments(features)
+    cov = second - mean[:, :, None] * mean[:, None, :]
+    cross = jnp.trace(sqrtm_psd(root @ cov @ root), axis1=-2, axis2=-1)
+    trace_t = jnp.sum(root * root, axis=(-2, -1))
+    d2 = (jnp.sum((mean - mean_t) ** 2, axis=-1) + jnp.trace(cov, axis1=-2, axis2=-1) + trace_t
+          - 2.0 * cross)
+    return jnp.maximum(d2, 0.0) / c
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights independent of the weights file's convention.
+
+
+def target_scales(targets: Targets, spec: LossSpec, content_images: Array) -> dict[str, Array]:
+    """The scale of each term's target (float32 scalars, averaged over the problems):
+    {"content": [len(content_layers)] mean square of the content features, "style":
+    [len(style_layers)] mean square of the target Gram (for "w2": the target's second moment per
+    channel, (tr Σₜ + ‖μₜ‖²)/C), "tv": the content images' own mean `total_variation`, at least
+    that of a mean |Δx| of 0.01}.
+    content_images: float32[P, H, W, 3]."""
+    content = jnp.stack([jnp.mean(jnp.square(targets.content[n])) for n in spec.content_layers])
+    if spec.style_loss == "w2":
+        def scale(t):
+            c = t.shape[-1]
+            return jnp.mean((jnp.sum(t[:, :-1] ** 2, axis=(-2, -1))
+                             + jnp.sum(t[:, -1] ** 2, axis=-1)) / c)
+    else:
+        def scale(t):
+            return jnp.mean(jnp.square(t))
+    style = jnp.stack([scale(targets.style[n]) for n in spec.style_layers])
+    # Floored at a mean |Δx| of 1 % so that a flat content image does not make TV weigh infinitely.
+    _, h, w, _ = content_images.shape
+    tv = jnp.maximum(jnp.mean(total_variation(content_images)), 255.0**2 * h * w * 1e-4)
+    return {"content": content, "style": style, "tv": tv}
+
+
+def relative_spec(spec: LossSpec, targets: Targets, content_images: Array) -> LossSpec:
+    """``spec`` with each term divided by its target's scale (`target_scales`), so that a term's
+    value is relative (≈ 1 for an image that shares nothing with its target) whatever the weights
+    file's convention: caffe-convention features are ~50x torchvision's, their Gram terms ~50⁴x.
+    Same static fields: switching between the two does not recompile."""
+    scales = target_scales(targets, spec, content_images)
+    tiny = 1e-30
+    return dataclasses.replace(
+        spec, content_weights=spec.content_weights / jnp.maximum(scales["content"], tiny),
+        style_weights=spec.style_weights / jnp.maximum(scales["style"], tiny),
+        tv_weight=spec.tv_weight / jnp.maximum(scales["tv"], tiny))

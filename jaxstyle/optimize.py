@@ -144,6 +144,8 @@ class RunState:
     image: float32[P, H, W, 3] in [0, 1], the current iterates (the last finite ones if diverged).
     opt_state: the optax states. step: int32[P] steps applied. loss: float32[P] and terms
     ({content, style, tv}: float32[P]) at the images before the last step. diverged: bool[P].
+    track: a `Tracking` (convergence stop, average, best iterate; see `init_tracking` and
+    `run_tracked_steps`), or None for a plain run.
     """
 
     image: Array
@@ -152,6 +154,7 @@ class RunState:
     loss: Array
     terms: dict
     diverged: Array
+    track: "Tracking | None" = None
 
 
 def init_state(images: Array, method: Method) -> RunState:
@@ -314,5 +317,172 @@ def run(state: RunState, num_iterations: int, vgg: vgg19.VGG, targets: losses.Ta
         if on_chunk is not None:
             on_chunk(state, done)
         if bool(jnp.all(state.diverged)):
+            break
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Tracking beside the optimizer: stop when converged, an average of the iterates, the best iterate.
+# Additive to the plain loop above: `run_steps` and `step` are unchanged; `run_tracked_steps` wraps
+# `step` and ends its compiled loop by itself once every problem has stopped or diverged.
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """The static part of the tracking (it decides shapes, so it is a static argument).
+
+    window: the convergence window in steps (the length of the loss history ring).
+    average: keep an exponential moving average of the iterates (its decay is a runtime value).
+    keep_best: keep the iterate with the lowest loss evaluated so far.
+    """
+
+    window: int = 50
+    average: bool = False
+    keep_best: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Rules":
+        return cls(cfg.stop_window, cfg.average > 0, cfg.keep_best)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Tracking:
+    """Per-problem tracking state (leading problem axis P, like `RunState`).
+
+    tolerance: float32[P]; a problem stops when its best loss improved by less than this fraction
+      over the last ``window`` steps (0: never stops).
+    decay: float32[P], the average's decay.
+    count: int32[P] steps applied since tracking began (a frozen or diverged problem stops counting).
+    best_loss: float32[P] the lowest loss evaluated (+inf before the first step).
+    history: float32[P, window] ring of ``best_loss`` after each of the last ``window`` steps.
+    stopped: bool[P] converged and frozen.
+    average: float32[P, H, W, 3] the (not yet bias-corrected) average, or None.
+    best_image: float32[P, H, W, 3] the iterate ``best_loss`` was evaluated at, or None.
+    """
+
+    tolerance: Array
+    decay: Array
+    count: Array
+    best_loss: Array
+    history: Array
+    stopped: Array
+    average: Array | None
+    best_image: Array | None
+
+
+def init_tracking(state: RunState, rules: Rules, tolerance: float = 0.0,
+                  decay: float = 0.0) -> RunState:
+    """``state`` with a fresh `Tracking` (laid out like its images)."""
+    p = state.image.shape[0]
+    full = lambda value, dtype, shape=(): jnp.full((p,) + shape, value, dtype)  # noqa: E731
+    track = Tracking(
+        tolerance=full(tolerance, jnp.float32), decay=full(decay, jnp.float32),
+        count=full(0, jnp.int32), best_loss=full(jnp.inf, jnp.float32),
+        history=full(jnp.inf, jnp.float32, (rules.window,)), stopped=full(False, bool),
+        average=jnp.zeros_like(state.image) if rules.average else None,
+        best_image=jnp.array(state.image, copy=True) if rules.keep_best else None)
+    return dataclasses.replace(state, track=_shard_like(track, state.image))
+
+
+def tracked_step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.LossSpec,
+                 method: Method, rules: Rules, dtype=jnp.float32) -> RunState:
+    """`step` for ONE problem (no problem axis), then the tracking: a stopped problem stays frozen
+    (image, loss, step count); otherwise the best loss and its iterate, the loss history, the
+    average and the convergence test are updated."""
+    track = state.track
+    new = step(dataclasses.replace(state, track=None), vgg, targets, spec, method, dtype)
+    active = ~track.stopped
+    keep = lambda n, o: jnp.where(active, n, o)  # noqa: E731
+    new = dataclasses.replace(  # the optimizer state is not gated (see `step`)
+        new, image=keep(new.image, state.image), step=keep(new.step, state.step),
+        loss=keep(new.loss, state.loss), terms=jax.tree.map(keep, new.terms, state.terms),
+        diverged=keep(new.diverged, state.diverged))
+    applied = active & (new.step > state.step)
+    improved = applied & (new.loss < track.best_loss)  # new.loss was evaluated at state.image
+    best_loss = jnp.where(improved, new.loss, track.best_loss)
+    slot = track.count % rules.window
+    window_ago = track.history[slot]  # the best loss `window` steps ago (inf until then)
+    history = track.history.at[slot].set(jnp.where(applied, best_loss, window_ago))
+    count = track.count + applied.astype(jnp.int32)
+    gain = (window_ago - best_loss) / jnp.maximum(jnp.abs(window_ago), 1e-30)
+    converged = applied & (count > rules.window) & (gain < track.tolerance)
+    average = track.average
+    if rules.average:
+        mixed = track.decay * average + (1.0 - track.decay) * new.image
+        average = jnp.where(applied, mixed, average)
+    best_image = track.best_image
+    if rules.keep_best:
+        best_image = jnp.where(improved, state.image, best_image)
+    track = Tracking(tolerance=track.tolerance, decay=track.decay, count=count,
+                     best_loss=best_loss, history=history, stopped=track.stopped | converged,
+                     average=average, best_image=best_image)
+    return dataclasses.replace(new, track=track)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "rules", "dtype"),
+                   donate_argnames=("state",))
+def run_tracked_steps(state: RunState, num_steps: Array | int, vgg: vgg19.VGG,
+                      targets: losses.Targets, spec: losses.LossSpec, method: Method,
+                      rules: Rules, dtype: str = "float32") -> RunState:
+    """Like `run_steps` for a state with a `Tracking` (`init_tracking`): at most ``num_steps``
+    steps; the compiled loop ends early once every problem has stopped or diverged. Compiled once
+    per shape and ``rules``; tolerance and decay are runtime values."""
+    vgg = prepared(vgg, spec)
+    one_step = functools.partial(tracked_step, vgg=vgg, spec=spec, method=method, rules=rules,
+                                 dtype=jnp.dtype(dtype))
+    all_steps = jax.vmap(lambda s, t: one_step(s, targets=t))
+
+    def going(carry):
+        i, s = carry
+        return (i < num_steps) & ~jnp.all(s.track.stopped | s.diverged)
+
+    _, state = lax.while_loop(going, lambda c: (c[0] + 1, all_steps(c[1], targets)),
+                              (jnp.zeros((), jnp.int32), state))
+    return state
+
+
+def result_images(state: RunState) -> Array:
+    """The result of a run, float32[P, H, W, 3]: the bias-corrected average of the iterates when
+    tracked with ``average``, else the best iterate when tracked with ``keep_best``, else the
+    current iterates. A problem with no step applied yet gives its current image."""
+    track = state.track
+    if track is None:
+        return state.image
+    counted = (track.count > 0)[:, None, None, None]
+    if track.average is not None:
+        power = track.decay ** track.count.astype(jnp.float32)
+        corrected = track.average / jnp.maximum(1.0 - power, 1e-30)[:, None, None, None]
+        return jnp.where(counted, corrected, state.image)
+    if track.best_image is not None:
+        return jnp.where(counted, track.best_image, state.image)
+    return state.image
+
+
+def finished(state: RunState) -> Array:
+    """bool[P]: stopped by the convergence test or diverged."""
+    stopped = state.track.stopped if state.track is not None else jnp.zeros_like(state.diverged)
+    return stopped | state.diverged
+
+
+def run_tracked(state: RunState, num_iterations: int, vgg: vgg19.VGG, targets: losses.Targets,
+                spec: losses.LossSpec, method: Method, rules: Rules, dtype: str = "float32",
+                every: tuple[int, ...] = (),
+                on_chunk: Callable[[RunState, int], None] | None = None,
+                start: int = 0) -> RunState:
+    """`run` for a tracked state (`init_tracking`): chunks of `run_tracked_steps`; ends when every
+    problem has stopped or diverged (``on_chunk`` then gets the iterations actually run), or at
+    ``num_iterations``."""
+    done = start
+    vgg = prepared(vgg, spec)
+    counted = int(jnp.max(state.track.count)) if state.track is not None else 0
+    for mark in chunk_boundaries(num_iterations, every, start=start):
+        state = run_tracked_steps(state, mark - done, vgg, targets, spec, method, rules, dtype)
+        over = bool(jnp.all(finished(state)))
+        # When the loop ended early, the furthest problem's step count says where it ended.
+        done = min(mark, start + int(jnp.max(state.track.count)) - counted) if over else mark
+        if on_chunk is not None:
+            on_chunk(state, done)
+        if over:
             break
     return state

@@ -48,7 +48,8 @@ class Progress:
 
     @property
     def images(self) -> np.ndarray:
-        return self.to_host(self.state.image)
+        """The result so far: the iterates, or their average / best when tracked with those."""
+        return self.to_host(optimize.result_images(self.state))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +65,20 @@ class Start:
 @dataclasses.dataclass(frozen=True)
 class Result:
     """images: float32[P, h, w, 3] in [0, 1]; diverged: bool[P] (those hold their last finite image);
-    loss: float32[P] at the last step."""
+    loss: float32[P] at the last step. converged: bool[P], stopped by ``cfg.stop_tolerance`` at the
+    last scale (None when the run was not tracked); steps: int32[P] steps applied at the last scale.
+    """
 
     images: np.ndarray
     diverged: np.ndarray
     loss: np.ndarray
+    converged: np.ndarray | None = None
+    steps: np.ndarray | None = None
+
+
+def tracked(cfg: Config) -> bool:
+    """Whether ``cfg`` needs `optimize.Tracking` (early stop, average or best iterate)."""
+    return cfg.stop_tolerance > 0 or cfg.average > 0 or cfg.keep_best
 
 
 def initial_images(cfg: Config, contents: Array, styles: Sequence[Array],
@@ -155,9 +165,12 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
         scaled_styles = [resize(s, *style_size(s.shape[0], s.shape[1], style_long, min_side))[None]
                          for s in map(lambda s: jnp.asarray(s, jnp.float32), styles)]
         targets = _targets(vgg, scaled, scaled_styles, jnp.asarray(blend), spec, cfg.compute_dtype)
+        run_spec = spec
+        if cfg.loss_scale == "relative":
+            run_spec = losses.relative_spec(spec, targets, scaled)
         targets = optimize.problem_targets(targets, num_problems)
         if state is not None:
-            images = resize(state.image, h, w)
+            images = resize(optimize.result_images(state), h, w)
         elif start is not None:
             images = resize(jnp.asarray(start.images, jnp.float32), h, w)
         else:
@@ -172,14 +185,23 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
         if on_progress is not None:
             report = lambda s, n, i=index: on_progress(  # noqa: E731
                 Progress(i, len(sizes), n, cfg.num_iterations, s, to_host))
-        if not bool(jnp.all(state.diverged)):
-            state = optimize.run(state, cfg.num_iterations, vgg, targets, spec, method,
+        if tracked(cfg):
+            rules = optimize.Rules.from_config(cfg)
+            state = optimize.init_tracking(state, rules, cfg.stop_tolerance, cfg.average)
+            if not bool(jnp.all(state.diverged)):
+                state = optimize.run_tracked(state, cfg.num_iterations, vgg, targets, run_spec,
+                                             method, rules, cfg.compute_dtype, every, report,
+                                             start=done)
+        elif not bool(jnp.all(state.diverged)):
+            state = optimize.run(state, cfg.num_iterations, vgg, targets, run_spec, method,
                                  cfg.compute_dtype, every, report, start=done)
-    images = to_host(state.image)
+    images = to_host(optimize.result_images(state))
     if cfg.original_colors:
         originals = to_host(resize(contents, *images.shape[1:3]))
         images = np.asarray(original_colors(images, originals))
-    return Result(images=images, diverged=to_host(state.diverged), loss=to_host(state.loss))
+    converged = to_host(state.track.stopped) if state.track is not None else None
+    return Result(images=images, diverged=to_host(state.diverged), loss=to_host(state.loss),
+                  converged=converged, steps=to_host(state.step))
 
 
 def stylize(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfg: Config = Config(),

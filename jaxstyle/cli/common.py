@@ -171,3 +171,21 @@ def enable_compilation_cache(args: argparse.Namespace) -> None:
              "--no-compile-cache silences this")
         return
     jax.config.update("jax_compilation_cache_dir", str(path))
+
+
+def available_memory() -> tuple[int, str]:
+    """(bytes free for a run, where): the default device's free memory on an accelerator, else the
+    host's MemAvailable (/proc/meminfo; physical pages where that file does not exist)."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"the {device.platform}"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "this host"
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"), "this host"

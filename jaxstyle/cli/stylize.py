@@ -13,17 +13,20 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxstyle import batch, image_io
+from jaxstyle import batch, image_io, memory
 from jaxstyle import stylize as stylize_lib
-from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, add_weights_flags, csv,
-                                 enable_compilation_cache, is_out_of_memory, load_network,
+from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, add_weights_flags,
+                                 available_memory, csv, enable_compilation_cache,
+                                 is_out_of_memory, load_network,
                                  non_negative_float, out_of_memory_error, positive, progress_bar,
                                  warn)
 from jaxstyle.cli.sweep import SWEEP_FLAGS, run_sweep, sweep_axis
 from jaxstyle.cli.watch import open_watch, web_address
-from jaxstyle.config import DTYPES, INITS, NORMALIZATIONS, OPTIMIZERS, Config
+from jaxstyle.config import (DTYPES, INITS, NORMALIZATIONS, OPTIMIZERS, PRESETS, RELATIVE_WEIGHTS,
+                             STYLE_LOSSES, Config, from_preset)
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.files import atomic_write
+from jaxstyle.imageops import fit_long_side
 
 CHECKPOINT_SUFFIX = ".resume.npz"
 
@@ -40,9 +43,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="output image (default out.png); a directory for several contents")
     add_weights_flags(p)
     g = p.add_argument_group("loss")
-    g.add_argument("--content-weight", type=non_negative_float, default=d.content_weight)
-    g.add_argument("--style-weight", type=non_negative_float, default=d.style_weight)
-    g.add_argument("--tv-weight", type=non_negative_float, default=d.tv_weight)
+    weights_help = ("default: each term relative to its target's scale (see --preset); any of "
+                    "the three given: neural-style's meaning, the others {}")
+    g.add_argument("--content-weight", type=non_negative_float,
+                   help=weights_help.format(f"default {d.content_weight:g}"))
+    g.add_argument("--style-weight", type=non_negative_float,
+                   help=weights_help.format(f"default {d.style_weight:g}"))
+    g.add_argument("--tv-weight", type=non_negative_float,
+                   help=weights_help.format(f"default {d.tv_weight:g}"))
     g.add_argument("--content-layers", type=csv(str), default=d.content_layers, metavar="L1,L2",
                    help=f"default {','.join(d.content_layers)}")
     g.add_argument("--style-layers", type=csv(str), default=d.style_layers, metavar="L1,L2",
@@ -52,16 +60,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--style-blend-weights", type=csv(float), metavar="W1,W2",
                    help="one per style image (default equal)")
     g.add_argument("--normalization", choices=NORMALIZATIONS, default=d.normalization)
+    g.add_argument("--style-loss", choices=STYLE_LOSSES, default=d.style_loss,
+                   help="gram, or w2: Wasserstein-2 distance between Gaussian fits of the features")
     g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    g.add_argument("--preset", choices=tuple(PRESETS), default="fast",
+                   help="fast (default): stop when converged, loss weights relative to their "
+                        "targets' scales; neural-style: exactly neural-style's run (1000 L-BFGS "
+                        "iterations, its loss weights, no early stop). Explicit flags override it")
+    g.add_argument("--stop-tolerance", type=non_negative_float, metavar="FRACTION",
+                   help="stop when the loss improved by less than this fraction over the last "
+                        "--stop-window iterations; 0: never "
+                        f"(default {PRESETS['fast']['stop_tolerance']:g})")
+    g.add_argument("--stop-window", type=positive(int), metavar="N",
+                   help=f"default {PRESETS['fast']['stop_window']}")
+    g.add_argument("--average", type=non_negative_float, metavar="DECAY",
+                   help="the result is the bias-corrected moving average of the iterates with "
+                        "this decay, e.g. 0.9 (default off)")
+    g.add_argument("--keep-best", action="store_true", default=None,
+                   help="the result is the iterate with the lowest loss (for --optimizer adam)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS)
     g.add_argument("--learning-rate", type=positive(float),
                    help="Adam step in [0,1] pixel units (default 0.04) / L-BFGS step scale (default 1)")
-    g.add_argument("--lbfgs-memory", type=positive(int), default=d.lbfgs_memory)
-    g.add_argument("--num-iterations", type=positive(int), default=d.num_iterations)
+    g.add_argument("--lbfgs-memory", type=positive(int))
+    g.add_argument("--num-iterations", type=positive(int),
+                   help=f"the cap on iterations per scale (default {d.num_iterations})")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("images")
-    g.add_argument("--image-size", type=positive(int), default=d.image_size,
-                   help="long side of the output in pixels")
+    g.add_argument("--image-size", type=positive(int),
+                   help=f"long side of the output in pixels (default {d.image_size})")
     g.add_argument("--scales", type=csv(int), metavar="S1,S2",
                    help="coarse-to-fine long sides, e.g. 256,512,1024 (overrides --image-size)")
     g.add_argument("--style-scale", type=positive(float), default=d.style_scale)
@@ -108,20 +134,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     """The `Config` that stylize flags describe (ConfigError for inconsistent values)."""
     style_scale = args.style_scale
-    size = max(args.scales) if args.scales else args.image_size
+    preset = from_preset(args.preset)
+    size = max(args.scales) if args.scales else (args.image_size or preset.image_size)
     if args.style_size:
         style_scale = args.style_size / size
-    return Config(
+    weights = dict(content_weight=args.content_weight, style_weight=args.style_weight,
+                   tv_weight=args.tv_weight)
+    loss_scale = None
+    if args.preset != "neural-style" and all(w is None for w in weights.values()):
+        # No weight given: weights relative to the targets' scales, whatever the weights file.
+        weights, loss_scale = dict(RELATIVE_WEIGHTS), "relative"
+    return from_preset(
+        args.preset,
         content_layers=args.content_layers, style_layers=args.style_layers,
         content_layer_weights=args.content_layer_weights,
-        style_layer_weights=args.style_layer_weights, content_weight=args.content_weight,
-        style_weight=args.style_weight, tv_weight=args.tv_weight,
+        style_layer_weights=args.style_layer_weights, **weights,
         style_blend_weights=args.style_blend_weights, normalization=args.normalization,
         optimizer=args.optimizer, learning_rate=args.learning_rate, lbfgs_memory=args.lbfgs_memory,
         num_iterations=args.num_iterations, image_size=size, scales=args.scales,
         style_scale=style_scale, init=args.init, init_image=args.init_image, seed=args.seed,
         original_colors=args.original_colors, pooling=args.pooling,
-        compute_dtype=args.compute_dtype)
+        compute_dtype=args.compute_dtype, stop_tolerance=args.stop_tolerance,
+        stop_window=args.stop_window, average=args.average, keep_best=args.keep_best,
+        style_loss=args.style_loss, loss_scale=loss_scale)
 
 
 def _snapshot_path(output: Path, iteration: int) -> Path:
@@ -169,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
     if args.gif:
         image_io.check_output_path(args.gif, [*contents, *args.style, args.init_image])
     long_side = max(cfg.all_scales)
+    dims = image_io.image_dimensions(contents[0])
+    if dims is not None:  # before loading: a huge --image-size must not get the process killed
+        check_memory(cfg, *fit_long_side(*dims, long_side), num_styles=len(args.style))
     content = image_io.load_image(contents[0], long_side, role="content image")
     style_long = max(16, round(cfg.style_scale * long_side))
     styles = [image_io.load_image(s, style_long, role="style image") for s in args.style]
@@ -231,6 +269,8 @@ def run(args: argparse.Namespace) -> int:
             image_io.save_image(finish_image(last["images"]), output)
             wrote = f"; wrote the latest image to {output}"
         raise out_of_memory_error(e, wrote) from e
+    reason = stop_reason(result, cfg)
+    bar.set_postfix_str(f"{bar.postfix}, {reason}" if bar.postfix else reason, refresh=True)
     bar.close()
     # `stylize_batch` already applied original colours to its result.
     image_io.save_image(result.images[0], output)
@@ -246,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
             f"the loss became NaN or infinite; kept the last finite image in {output}. Lower "
             "--style-weight (or --learning-rate with adam) and run again")
     checkpoint.unlink(missing_ok=True)
-    print(f"wrote {output}", file=sys.stderr if args.quiet else sys.stdout)
+    print(f"wrote {output} ({reason})", file=sys.stderr if args.quiet else sys.stdout)
     return 0
 
 
@@ -267,6 +307,24 @@ def run_watched(args: argparse.Namespace, cfg: Config) -> int:
         return code
     finally:
         args.watch.close()
+
+
+def check_memory(cfg: Config, height: int, width: int, problems: int = 1,
+                 num_styles: int = 1) -> None:
+    """A one-line error before any work when the run cannot fit this host's (or device's) memory."""
+    available, where = available_memory()
+    memory.check_fits(cfg, height, width, available, where, problems, num_styles)
+
+
+def stop_reason(result: stylize_lib.Result, cfg: Config, i: int = 0) -> str:
+    """Why problem ``i`` of a run stopped, in a few words for the progress bar and the log."""
+    steps = int(result.steps[i]) if result.steps is not None else cfg.num_iterations
+    if result.diverged[i]:
+        return f"stopped at iteration {steps}: the loss became NaN or infinite"
+    if result.converged is not None and result.converged[i]:
+        return (f"converged at iteration {steps} of {cfg.num_iterations}: the loss improved by "
+                f"less than {cfg.stop_tolerance:g} over the last {cfg.stop_window} iterations")
+    return f"stopped at --num-iterations {cfg.num_iterations}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,6 +355,9 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
         [(s, [s]) for s in style_paths] if args.all_pairs else [(None, style_paths)])
     quiet = args.quiet
     long_side = max(cfg.all_scales)
+    # Before loading: the worst case, a square image, in full batches.
+    check_memory(cfg, long_side, long_side, min(args.batch_size, len(contents)),
+                 1 if args.all_pairs else len(args.style))
     style_long = max(16, round(cfg.style_scale * long_side))
     styles = {p: image_io.load_image(p, style_long, role="style image") for p in style_paths}
 
@@ -320,6 +381,7 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
                        "it", quiet, desc=f"stylize {len(names)}×{len(pairs)}")
     offset = 0
     diverged = []
+    converged = 0
     for style, style_list in pairs:
         def update(p: batch.BatchProgress, base=offset) -> None:
             bar.update(base + p.done - bar.n)
@@ -333,12 +395,14 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
                 image_io.save_image(result.images[0], output_path(outdir, name, style))
                 if result.diverged[0]:
                     diverged.append(name)
+                converged += bool(result.converged is not None and result.converged[0])
     bar.close()
     for name in diverged:
         warn(f"the loss of {name} became NaN or infinite; kept its last finite image. "
              "Lower --style-weight")
     written = len(names) * len(pairs)
-    print(f"wrote {written} image(s) to {outdir}" +
+    print(f"wrote {written} image(s) to {outdir} ({converged} converged before --num-iterations "
+          f"{cfg.num_iterations})" +
           (f"; skipped {len(skipped)}: {', '.join(map(str, skipped))}" if skipped else ""),
           file=sys.stderr if quiet else sys.stdout)
     return EXIT_ERROR if skipped or diverged else 0

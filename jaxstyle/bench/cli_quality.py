@@ -1,0 +1,148 @@
+"""Time to quality of the real ``jaxstyle stylize`` command with its default schedule, against the
+PyTorch reference's L-BFGS, side by side in one invocation.
+
+1. The reference runs ``--optimizer lbfgs --iters EVALS --trace 10`` on the content and style
+   images at SIZE x SIZE and saves its network (``--save-weights``).
+2. The images are written as the reference reads them (Pillow Lanczos to SIZE x SIZE, 8 bit), so
+   that the command's own resize to ``--image-size SIZE`` keeps them as they are.
+3. ``jaxstyle stylize`` runs as a user runs it, once to fill a fresh compilation cache (not timed)
+   and then timed (whole-process wall time: start-up, loading, compile-cache reads, its stopping
+   rule), with the reference's network and loss weights (content 1e4, style 1e9, TV 2/255², so the
+   loss is the reference's) and no schedule flag, plus the variants given with ``--variant``.
+4. The PNG it wrote is read back and its loss computed (jaxstyle's loss on the reference's
+   network: the two agree to 7 digits, docs/performance.md); the reference's time to that loss is
+   read off its trace (linear between trace points).
+
+One JSON line per timed command, then a summary. The headline ``ratio_vs_reference_at_evals`` is
+jaxstyle's wall time over the reference's time to its loss after EVALS evaluations, when the PNG's
+loss is at most that loss (the issue's target: <= 0.25 at 256 px, 400 evaluations).
+
+  python -m jaxstyle.bench.cli_quality --size 256 --evals 400
+  python -m jaxstyle.bench.cli_quality --size 256 --evals 400 --variant="--stop-tolerance 0.005"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from jaxstyle.bench.options import DEFAULT_CONTENT, DEFAULT_REFERENCE, DEFAULT_STYLE, _find_shared
+
+WEIGHTS = ["--content-weight", "1e4", "--style-weight", "1e9", "--tv-weight", repr(2 / 255**2)]
+
+
+def reference_trace(reference: Path, size: int, evals: int, content: Path, style: Path,
+                    weights: Path) -> tuple[list[dict], float]:
+    command = [sys.executable, str(reference), "--size", str(size), "--optimizer", "lbfgs",
+               "--iters", str(evals), "--content", str(content), "--style", str(style),
+               "--save-weights", str(weights), "--trace", "10"]
+    start = time.perf_counter()
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    wall = time.perf_counter() - start
+    return [json.loads(line) for line in out.splitlines() if '"loss_clamped"' in line], wall
+
+
+def reference_seconds_to(trace: list[dict], loss: float) -> float | None:
+    """The reference's time to first reach ``loss`` (linear between trace points), or None."""
+    previous = None
+    for point in trace:
+        if point["loss_clamped"] <= loss:
+            if previous is None:
+                return point["seconds"]
+            span = previous["loss_clamped"] - point["loss_clamped"]
+            t = (previous["loss_clamped"] - loss) / span if span > 0 else 1.0
+            return previous["seconds"] + t * (point["seconds"] - previous["seconds"])
+        previous = point
+    return None
+
+
+def png_loss(png: Path, content: Path, style: Path, weights: Path) -> float:
+    """jaxstyle's loss (the reference's weights) of the written PNG, on the reference's network."""
+    import jax.numpy as jnp
+    import numpy as np
+    from PIL import Image
+
+    from jaxstyle import losses, vgg19
+    from jaxstyle.config import Config
+
+    def read(path):
+        return jnp.asarray(np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0)[None]
+
+    cfg = Config(content_weight=1e4, style_weight=1e9, tv_weight=2 / 255**2)
+    spec = losses.LossSpec.from_config(cfg)
+    vgg = vgg19.load(weights, source="torchvision")
+    targets = losses.targets(vgg, read(content), [read(style)], [1.0], spec)
+    return float(losses.total_loss(vgg, read(png), targets, spec)[0])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--evals", type=int, default=400)
+    p.add_argument("--reference", default=None)
+    p.add_argument("--content", default=None)
+    p.add_argument("--style", default=None)
+    p.add_argument("--variant", action="append", default=[],
+                   help="extra stylize flags for another timed run (repeatable)")
+    p.add_argument("--no-default", action="store_true", help="time only the --variant runs")
+    args = p.parse_args(argv)
+    reference = Path(args.reference) if args.reference else _find_shared(DEFAULT_REFERENCE)
+    content = Path(args.content) if args.content else _find_shared(DEFAULT_CONTENT)
+    style = Path(args.style) if args.style else _find_shared(DEFAULT_STYLE)
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        weights = tmp / "vgg19.pth"
+        trace, ref_wall = reference_trace(reference, args.size, args.evals, content, style, weights)
+        last = trace[-1]
+        print(json.dumps({"impl": "torch-reference", "size": args.size, "evals": last["evals"],
+                          "seconds": last["seconds"], "loss_clamped": last["loss_clamped"],
+                          "process_wall_s": round(ref_wall, 2)}), flush=True)
+        images = {}
+        for name, path in (("content", content), ("style", style)):
+            images[name] = tmp / f"{name}.png"
+            Image.open(path).convert("RGB").resize((args.size, args.size), Image.LANCZOS).save(
+                images[name])
+        env = dict(os.environ, JAXSTYLE_CACHE=str(tmp / "cache"))
+        env.pop("JAXSTYLE_COMPILE_CACHE", None)
+        target = min(trace, key=lambda q: abs(q["evals"] - args.evals))
+        runs = ([] if args.no_default else [""]) + args.variant
+        results = []
+        for i, variant in enumerate(runs):
+            out = tmp / f"out{i}.png"
+            command = [sys.executable, "-m", "jaxstyle.cli", "stylize", str(images["content"]),
+                       "--style", str(images["style"]), "--weights", str(weights),
+                       "--source", "torchvision", "--image-size", str(args.size), *WEIGHTS,
+                       "-o", str(out), *shlex.split(variant)]
+            subprocess.run(command, env=env, capture_output=True, check=True)  # fills the cache
+            out.unlink()
+            start = time.perf_counter()
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            wall = time.perf_counter() - start
+            loss = png_loss(out, images["content"], images["style"], weights)
+            reached = reference_seconds_to(trace, loss)
+            record = {"impl": "jaxstyle stylize", "flags": variant or "(default schedule)",
+                      "size": args.size, "process_wall_s": round(wall, 2), "png_loss": loss,
+                      "log": (done.stdout.strip().splitlines() or [""])[-1],
+                      "reference_seconds_to_png_loss": reached,
+                      "ratio_vs_reference_to_png_loss": reached and round(wall / reached, 3),
+                      "reference_loss_at_evals": target["loss_clamped"],
+                      "reference_seconds_at_evals": target["seconds"],
+                      "reached_reference_loss_at_evals": loss <= target["loss_clamped"],
+                      "ratio_vs_reference_at_evals": round(wall / target["seconds"], 3)}
+            print(json.dumps(record), flush=True)
+            results.append(record)
+    print(json.dumps({"summary": {"size": args.size, "evals": args.evals, "runs": results}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

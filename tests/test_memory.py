@@ -1,0 +1,43 @@
+"""A run too big to fit is refused up front with one line that names a size that fits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxstyle import cli, memory
+from jaxstyle.config import Config
+from jaxstyle.errors import JaxstyleError
+
+GIB = 2**30
+
+
+def test_estimate_grows_with_size_history_and_batch_and_the_named_size_fits():
+    cfg = Config()
+    small, big = memory.run_bytes(cfg, 256, 256), memory.run_bytes(cfg, 512, 512)
+    assert memory.FIXED_BYTES < small < big
+    # The L-BFGS history alone at 512², memory 100: 2·100·512²·12 bytes = 0.59 GiB.
+    assert big - memory.run_bytes(Config(lbfgs_memory=1), 512, 512) == 2 * 99 * 512**2 * 12
+    assert memory.run_bytes(cfg, 512, 512, problems=4) > 3 * (big - memory.FIXED_BYTES)
+    available = 8 * GIB
+    size = memory.largest_fitting_size(cfg, 3000, 4000, available)
+    h, w = round(3000 * size / 4000), size
+    assert memory.run_bytes(cfg, h, w) <= available < memory.run_bytes(cfg, h + 12, w + 16)
+    with pytest.raises(JaxstyleError, match=f"--image-size {size} would fit"):
+        memory.check_fits(cfg, 1500 * 3, 2000 * 3, available, "this host")
+    memory.check_fits(cfg, 3 * size // 4, size, available, "this host")  # fits: no error
+
+
+def test_huge_image_size_is_one_line_before_any_work(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for name in ("photo.jpg", "s.jpg"):
+        Image.fromarray((rng.random((30, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / name)
+    code = cli.main(["stylize", str(tmp_path / "photo.jpg"), "--style", str(tmp_path / "s.jpg"),
+                     "--image-size", "200000", "-o", str(tmp_path / "out.png"),
+                     "--weights", str(tmp_path / "missing.safetensors")])  # never reached
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("jaxstyle: error: "), err
+    assert "200000x150000" in lines[0] and "would fit" in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "out.png").exists()

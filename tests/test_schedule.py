@@ -1,0 +1,206 @@
+"""Stopping when converged, the average of the iterates, the best iterate (optimize.Tracking), and the
+CLI's presets. References: the stopping rule, the EMA and the arg-min written again in NumPy over
+the loss and image trajectories of a plain (untracked) run. A random shallow VGG on 32 px images."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxstyle import cli, losses, optimize, stylize, vgg19
+from jaxstyle.cli.stylize import add_parser, config_from_args
+from jaxstyle.config import RELATIVE_WEIGHTS, Config
+from jaxstyle.cli.common import OneLineParser
+
+CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
+CFG = Config(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
+WINDOW = 4
+CAP = 24
+DTYPE = "float32"
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """Two copies of one problem (same start, same targets), so that a tracked batch can be compared
+    step by step with one plain trajectory."""
+    vgg = vgg19.init(jax.random.key(0), CAFFE, last_layer="relu2_1")
+    rng = np.random.default_rng(0)
+    content = jnp.asarray(rng.uniform(size=(1, 32, 32, 3)), jnp.float32)
+    style = jnp.asarray(rng.uniform(size=(1, 32, 32, 3)), jnp.float32)
+    start = jnp.asarray(rng.uniform(size=(1, 32, 32, 3)), jnp.float32)
+    spec = losses.LossSpec.from_config(CFG)
+    targets = jax.jit(losses.targets)(vgg, content, [style], [1.0], spec)
+    one = optimize.problem_targets(targets, 1)
+    return dict(vgg=vgg, spec=spec, start=start, one=one,
+                two=jax.tree.map(lambda v: jnp.concatenate([v, v]), one))
+
+
+def trajectory(problem, method, steps):
+    """A plain run, one step per chunk: (losses L[k] at iterate x[k], k = 0..steps-1; iterates
+    x[0..steps])."""
+    images, losses_ = [np.asarray(problem["start"][0], np.float64)], []
+
+    def record(state, n):
+        losses_.append(float(state.loss[0]))
+        images.append(np.asarray(state.image[0], np.float64))
+
+    state = optimize.init_state(problem["start"], method)
+    optimize.run(state, steps, problem["vgg"], problem["one"], problem["spec"], method,
+                 every=(1,), on_chunk=record)
+    return np.asarray(losses_), np.stack(images)
+
+
+def numpy_stop_step(losses_, window, tol):
+    """The first step count k (1-based) at which the lowest loss of the first k evaluations improved
+    on that of the first k − window by less than ``tol`` (relative), or None."""
+    best = np.minimum.accumulate(losses_)
+    for k in range(window + 1, len(losses_) + 1):
+        old, new = best[k - window - 1], best[k - 1]
+        if (old - new) / abs(old) < tol:
+            return k
+    return None
+
+
+@pytest.fixture(scope="module")
+def lbfgs_trajectory(problem):
+    return trajectory(problem, optimize.Method.from_config(CFG), CAP)
+
+
+def test_converged_problem_freezes_while_the_other_goes_on_and_the_cap_holds(problem,
+                                                                             lbfgs_trajectory):
+    losses_, images = lbfgs_trajectory
+    best = np.minimum.accumulate(losses_)
+    gains = [(best[k - WINDOW - 1] - best[k - 1]) / best[k - WINDOW - 1]
+             for k in range(WINDOW + 1, CAP - 3)]
+    tol = float(np.median(gains))  # stops somewhere in the middle of the trajectory
+    expected = numpy_stop_step(losses_, WINDOW, tol)
+    assert expected is not None and WINDOW < expected < CAP - 3
+
+    method = optimize.Method.from_config(CFG)
+    rules = optimize.Rules(window=WINDOW)
+    state = optimize.init_state(jnp.concatenate([problem["start"]] * 2), method)
+    state = optimize.init_tracking(state, rules, 0.0)
+    state = dataclasses.replace(state, track=dataclasses.replace(
+        state.track, tolerance=jnp.asarray([tol, 0.0], jnp.float32)))  # problem 1 never stops
+    seen = []
+    state = optimize.run_tracked(state, CAP, problem["vgg"], problem["two"], problem["spec"],
+                                 method, rules, every=(5,),
+                                 on_chunk=lambda s, n: seen.append((n, np.asarray(s.step))))
+    assert bool(state.track.stopped[0]) and not bool(state.track.stopped[1])
+    assert int(state.step[0]) == expected  # frozen at the NumPy rule's step
+    assert int(state.step[1]) == CAP  # the cap
+    # (Batched and lone programs round differently; L-BFGS amplifies that over many steps.)
+    np.testing.assert_allclose(np.asarray(state.image[0]), images[expected], atol=1e-3)
+    np.testing.assert_allclose(float(state.loss[1]), losses_[CAP - 1], rtol=2e-2)
+    # Frozen: after stopping, problem 0's step count never moved again.
+    after = [int(s[0]) for n, s in seen if n >= expected]
+    assert after and set(after) == {expected}
+
+
+def test_the_loop_ends_by_itself_when_every_problem_has_stopped(problem, lbfgs_trajectory):
+    losses_, _ = lbfgs_trajectory
+    expected = numpy_stop_step(losses_, WINDOW, 1.0)  # any improvement under 100 %: first check
+    assert expected == WINDOW + 1
+    method = optimize.Method.from_config(CFG)
+    rules = optimize.Rules(window=WINDOW)
+    state = optimize.init_tracking(optimize.init_state(problem["start"], method), rules, 1.0)
+    calls = []
+    state = optimize.run_tracked(state, 1000, problem["vgg"], problem["one"], problem["spec"],
+                                 method, rules, on_chunk=lambda s, n: calls.append(n))
+    assert calls == [expected]  # one chunk of at most 50, ended inside the compiled loop
+    assert int(state.step[0]) == expected and bool(state.track.stopped[0])
+    # Tolerance and the step count are runtime values: another run uses the same program.
+    compiled = optimize.run_tracked_steps._cache_size()
+    again = optimize.init_tracking(optimize.init_state(problem["start"], method), rules, 1e-6)
+    again = optimize.run_tracked(again, 3, problem["vgg"], problem["one"], problem["spec"],
+                                 method, rules)
+    assert int(again.step[0]) == 3 and not bool(again.track.stopped[0])
+    assert optimize.run_tracked_steps._cache_size() == compiled
+
+
+def test_average_is_the_bias_corrected_ema_of_the_iterates(problem, lbfgs_trajectory):
+    _, images = lbfgs_trajectory
+    steps, decay = 7, 0.8
+    method = optimize.Method.from_config(CFG)
+    rules = optimize.Rules(window=WINDOW, average=True)
+    state = optimize.init_tracking(optimize.init_state(problem["start"], method), rules, 0.0, decay)
+    state = optimize.run_tracked(state, steps, problem["vgg"], problem["one"], problem["spec"],
+                                 method, rules)
+    ema = np.zeros_like(images[0])
+    for k in range(1, steps + 1):  # the iterates after each step
+        ema = decay * ema + (1 - decay) * images[k]
+    np.testing.assert_allclose(np.asarray(optimize.result_images(state)[0]),
+                               ema / (1 - decay**steps), atol=1e-4)
+
+
+def test_keep_best_returns_the_lowest_loss_iterate_of_a_non_monotone_run(problem):
+    method = optimize.Method("adam", 0.3)  # a large step: the loss goes up and down
+    losses_, images = trajectory(problem, method, 12)
+    assert np.any(np.diff(losses_) > 0)  # not monotone
+    rules = optimize.Rules(window=WINDOW, keep_best=True)
+    state = optimize.init_tracking(optimize.init_state(problem["start"], method), rules, 0.0)
+    state = optimize.run_tracked(state, 12, problem["vgg"], problem["one"], problem["spec"],
+                                 method, rules)
+    best = int(np.argmin(losses_))  # loss k was evaluated at iterate k
+    np.testing.assert_allclose(np.asarray(optimize.result_images(state)[0]), images[best],
+                               atol=1e-4)
+    np.testing.assert_allclose(float(state.track.best_loss[0]), losses_[best], rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# stylize_batch and the CLI.
+
+
+def test_resumed_run_restarts_the_stopping_window(problem):
+    cfg = dataclasses.replace(CFG, image_size=32, stop_tolerance=1.0, stop_window=WINDOW,
+                              num_iterations=100)
+    content = np.asarray(problem["start"][0])
+    start = stylize.Start(0, 10, np.asarray(problem["start"]))
+    result = stylize.stylize_batch(problem["vgg"], content[None], [content], cfg, start=start)
+    # Counted afresh from the resumed image: the first possible stop is WINDOW + 1 steps later.
+    assert bool(result.converged[0]) and int(result.steps[0]) == WINDOW + 1
+
+
+def parse(*argv):
+    parser = OneLineParser(prog="jaxstyle")
+    add_parser(parser.add_subparsers())
+    return config_from_args(parser.parse_args(["stylize", "c.png", "--style", "s.png", *argv]))
+
+
+def test_preset_neural_style_is_todays_config_and_explicit_weights_keep_their_meaning():
+    todays = Config()  # neural-style's defaults, unchanged
+    assert parse("--preset", "neural-style") == todays
+    assert todays.stop_tolerance == 0 and todays.loss_scale == "absolute"
+    assert (todays.num_iterations, todays.optimizer, todays.scales) == (1000, "lbfgs", None)
+    assert (todays.content_weight, todays.style_weight, todays.tv_weight) == (5.0, 100.0, 1e-3)
+    fast = parse()
+    assert fast.stop_tolerance > 0 and fast.loss_scale == "relative"
+    assert (fast.content_weight, fast.style_weight, fast.tv_weight) == tuple(
+        RELATIVE_WEIGHTS[k] for k in ("content_weight", "style_weight", "tv_weight"))
+    given = parse("--style-weight", "200")
+    assert given.loss_scale == "absolute"
+    assert (given.content_weight, given.style_weight, given.tv_weight) == (5.0, 200.0, 1e-3)
+
+
+def test_preset_neural_style_gives_the_same_image_as_todays_explicit_flags(tmp_path, capsys,
+                                                                          keras_safetensors):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("c.png", "s.png"):
+        Image.fromarray((rng.random((24, 32, 3)) * 255).astype(np.uint8)).save(tmp_path / name)
+    common = ["stylize", tmp_path / "c.png", "--style", tmp_path / "s.png", "--weights",
+              keras_safetensors, "--image-size", "32", "--num-iterations", "8", "--quiet",
+              "--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1"]
+    todays = ["--content-weight", "5", "--style-weight", "100", "--tv-weight", "0.001",
+              "--optimizer", "lbfgs", "--lbfgs-memory", "100", "--stop-tolerance", "0"]
+    assert cli.main([str(a) for a in common + ["-o", tmp_path / "a.png", "--preset",
+                                               "neural-style"]]) == 0
+    assert cli.main([str(a) for a in common + ["-o", tmp_path / "b.png", *todays]]) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    err = capsys.readouterr().err
+    assert "stopped at --num-iterations 8" in err
