@@ -35,8 +35,9 @@ Array = jax.Array
 # Two map colours closer than this (Euclidean, RGB in [0, 1]) are the same label: JPEG noise and
 # anti-aliased edges stay well under it, distinct doodle colours well over it.
 MAP_TOLERANCE = 0.15
-# A colour must cover at least this fraction of a map to be a label (stray edge pixels are not).
-MIN_LABEL_FRACTION = 0.002
+# A colour must cover at least this fraction (0.5%) of a map to be a label: JPEG edges and
+# anti-aliasing make many stray in-between colours, each on a few pixels.
+MIN_LABEL_FRACTION = 0.005
 # Colours are first counted in bins of this width per channel, then bins are merged.
 _BIN = 1.0 / 16
 
@@ -125,7 +126,9 @@ def palette(image: np.ndarray, tolerance: float = MAP_TOLERANCE,
     """The distinct colours of a colour-coded map, most frequent first: float32[K, 3].
 
     Pixels are counted in bins; a bin holding at least ``min_fraction`` of the map becomes a colour
-    (its mean) unless it lies within ``tolerance`` of a more frequent one (noise, edges).
+    (its mean) unless it lies within ``tolerance`` of a more frequent one (noise) or of the segment
+    between two more frequent ones (the blend along their border). So a label whose colour is a mix
+    of two larger labels' colours is not found: give labels distinct colours.
     image: float[H, W, 3] in [0, 1].
     """
     pixels = np.asarray(image, np.float32).reshape(-1, 3)
@@ -139,9 +142,21 @@ def palette(image: np.ndarray, tolerance: float = MAP_TOLERANCE,
         if counts[k] < min_fraction * len(pixels):
             break
         mean = sums[k] / counts[k]
-        if all(np.linalg.norm(mean - c) > tolerance for c in colours):
+        if all(np.linalg.norm(mean - c) > tolerance for c in colours) and not _is_blend(
+                mean, colours, tolerance):
             colours.append(mean)
     return np.asarray(colours, np.float32).reshape(-1, 3)
+
+
+def _is_blend(colour: np.ndarray, colours: list[np.ndarray], tolerance: float) -> bool:
+    """Whether ``colour`` lies within ``tolerance`` of the segment between two (more frequent)
+    colours: a JPEG's chroma subsampling and anti-aliasing mix two labels along their border."""
+    for i, a in enumerate(colours):
+        for b in colours[i + 1:]:
+            t = np.clip(np.dot(colour - a, b - a) / max(np.dot(b - a, b - a), 1e-12), 0.0, 1.0)
+            if np.linalg.norm(a + t * (b - a) - colour) <= tolerance:
+                return True
+    return False
 
 
 def label_masks(image: np.ndarray, colours: np.ndarray) -> np.ndarray:
