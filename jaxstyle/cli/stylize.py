@@ -220,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     enable_compilation_cache(args)
     contents = [Path(c) for c in args.content]
+    if not contents:
+        check_guidance_flags(args, cfg, has_content=False)
     if len(contents) > 1 or (contents and contents[0].is_dir()) or args.all_pairs:
         return run_many(args, cfg)  # several images: outputs into a directory
     check_guidance_flags(args, cfg, has_content=bool(contents))
