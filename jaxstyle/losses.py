@@ -27,6 +27,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxstyle.models import vgg19
 from jaxstyle.config import Config
@@ -245,13 +246,40 @@ def guided_gram(features: Array, guidance: Array, normalize: bool = True) -> Arr
     b, h, w, c = features.shape
     g = jnp.asarray(guidance, jnp.float32)
     g = jnp.broadcast_to(g, (b,) + g.shape[-3:]).reshape(b, -1, h * w)
-    g2 = g * g
+    g2 = lax.stop_gradient(g * g)
     area = jnp.maximum(jnp.sum(g2, axis=-1), 1e-12)  # [B, R]
-    f = features.reshape(b, h * w, c)
-    weighted = (f[:, None] * g2[..., None].astype(f.dtype))  # [B, R, N, C]
-    gram = jnp.einsum("brnc,bnd->brcd", weighted, f, preferred_element_type=jnp.float32)
     scale = (1.0 / c) if normalize else float(h * w)
-    return gram * (scale / area)[..., None, None]
+    return _guided_gram(features, g2, scale / area)
+
+
+# Custom VJP, as `_gram`: the backward is one matmul per region, Σ_r g²_r ⊙ F·(dG_r + dG_rᵀ)·k_r,
+# where autodiff of the weighted einsum takes two. The guidance gets no gradient (a constant).
+@jax.custom_vjp
+def _guided_gram(features: Array, g2: Array, scale: Array) -> Array:
+    """features [B, H, W, C]; g2: float32[B, R, N] squared guidance; scale: float32[B, R]."""
+    b, h, w, c = features.shape
+    f = features.reshape(b, h * w, c)
+    weighted = f[:, None] * g2[..., None].astype(f.dtype)  # [B, R, N, C]
+    gram = jnp.einsum("brnc,bnd->brcd", weighted, f, preferred_element_type=jnp.float32)
+    return gram * scale[..., None, None]
+
+
+def _guided_gram_fwd(features, g2, scale):
+    return _guided_gram(features, g2, scale), (features, g2, scale)
+
+
+def _guided_gram_bwd(res, dgram):
+    features, g2, scale = res
+    b, h, w, c = features.shape
+    f = features.reshape(b, h * w, c)
+    sym = ((dgram + jnp.swapaxes(dgram, -1, -2)) * scale[..., None, None]).astype(features.dtype)
+    per_region = jnp.einsum("bnc,brcd->brnd", f, sym, preferred_element_type=jnp.float32)
+    df = jnp.einsum("brn,brnd->bnd", g2, per_region)
+    return (df.reshape(features.shape).astype(features.dtype), jnp.zeros_like(g2),
+            jnp.zeros_like(scale))
+
+
+_guided_gram.defvjp(_guided_gram_fwd, _guided_gram_bwd)
 
 
 def guided_style_loss(features: Array, target_grams: Array, guidance: Array,
