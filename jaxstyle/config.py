@@ -54,6 +54,8 @@ class Config:
       init: "content", "noise" (uniform, from ``seed``), "style" (the first style image resized to
         the content's size) or "image" (``init_image``, resized likewise).
       original_colors: keep the content image's colours (luminance transfer, as neural-style).
+      color_match: recolour each style image to the content's RGB mean and covariance before the
+        transfer (Gatys et al. 2017, section 5; `imageops.match_colors`). One content image per run.
     Network:
       pooling: "max" or "avg" (Gatys et al. prefer average pooling).
       compute_dtype: "float32", or "bfloat16" for convolutions on hardware with it (Grams, losses,
@@ -103,6 +105,7 @@ class Config:
     init_image: str | None = None
     seed: int = 0
     original_colors: bool = False
+    color_match: bool = False
 
     pooling: str = "max"
     compute_dtype: str = "float32"

@@ -287,3 +287,14 @@ def original_colors(stylized: np.ndarray, content: np.ndarray) -> np.ndarray:
     stylized = np.asarray(stylized, dtype=np.float32)
     content = resize(content, stylized.shape[0], stylized.shape[1])
     return np.asarray(imageops.original_colors(stylized, content))
+
+
+def load_mask(path: PathLike, long_side: int | None = None, role: str = "mask") -> np.ndarray:
+    """Read a grey mask as float32[H, W] in [0, 1]: white 1 (applies), black 0, grey partial.
+
+    Any image `load_image` reads; colour is taken as its BT.601 luminance, transparency is
+    composited on white (as `load_image`). ``long_side`` resizes as there. Raises JaxstyleError as
+    `load_image` does.
+    """
+    image = load_image(path, long_side, role)
+    return np.clip(image @ np.asarray(imageops.RGB_TO_YUV[0], np.float32), 0.0, 1.0)

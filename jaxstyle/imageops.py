@@ -54,3 +54,35 @@ def original_colors(stylized: Array, content: Array) -> Array:
     luma = stylized @ jnp.asarray(RGB_TO_YUV[0], jnp.float32)
     yuv = (content @ jnp.asarray(RGB_TO_YUV.T, jnp.float32)).at[..., 0].set(luma)
     return jnp.clip(yuv @ jnp.asarray(YUV_TO_RGB.T, jnp.float32), 0.0, 1.0)
+
+
+def _sym_power(cov: np.ndarray, power: float) -> np.ndarray:
+    values, vectors = np.linalg.eigh(cov)
+    values = np.maximum(values, 1e-8)  # a flat (e.g. grey) image has a singular covariance
+    return (vectors * values**power) @ vectors.T
+
+
+def match_colors(style: np.ndarray, content: np.ndarray, clip: bool = True) -> np.ndarray:
+    """Colour matching (Gatys et al. 2017, section 5.1): ``style`` recoloured so that its RGB mean
+    and covariance are the ``content``'s, by the affine map x ↦ A(x − μ_s) + μ_c with
+    A = Σ_c^½ Σ_s^-½ (symmetric square roots, the "image analogies" variant).
+
+    The style's textures and brushwork stay; its palette becomes the content's, so the transfer
+    then keeps the content's colours while stylizing everything else (compare `original_colors`).
+
+    Args:
+      style, content: float[H, W, 3] (sizes may differ) in [0, 1].
+      clip: clip the result to [0, 1] (moments are exact only where nothing was clipped).
+    Returns:
+      float32[Hs, Ws, 3].
+    """
+    s = np.asarray(style, np.float64).reshape(-1, 3)
+    c = np.asarray(content, np.float64).reshape(-1, 3)
+    mu_s, mu_c = s.mean(0), c.mean(0)
+    cov_s = np.cov(s, rowvar=False, bias=True)
+    cov_c = np.cov(c, rowvar=False, bias=True)
+    a = _sym_power(cov_c, 0.5) @ _sym_power(cov_s, -0.5)
+    out = (s - mu_s) @ a.T + mu_c
+    if clip:
+        out = np.clip(out, 0.0, 1.0)
+    return out.reshape(np.shape(style)).astype(np.float32)

@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxstyle import guidance as guidance_lib
 from jaxstyle import losses, optimize
 from jaxstyle.config import Config
 from jaxstyle.errors import ConfigError
-from jaxstyle.imageops import fit_long_side, original_colors, resize
+from jaxstyle.imageops import fit_long_side, match_colors, original_colors, resize
 from jaxstyle.models import vgg19
 
 Array = jax.Array
@@ -108,6 +109,13 @@ def _targets(vgg, contents, styles, blend, spec, dtype):
     return losses.targets(vgg, contents, styles, blend, spec, jnp.dtype(dtype))
 
 
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _guided_targets(vgg, contents, styles, style_guidance, region_styles, content_guidance, spec,
+                    dtype):
+    return losses.guided_targets(vgg, contents, styles, style_guidance, region_styles,
+                                 content_guidance, spec, jnp.dtype(dtype))
+
+
 def style_size(height: int, width: int, long_side: int, min_side: int) -> tuple[int, int]:
     """A style image's size: long side ``long_side``, enlarged if needed so that the short side is
     at least ``min_side`` (a panorama must still reach the deepest style layer)."""
@@ -126,7 +134,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
                   init_image: Array | None = None, start: Start | None = None,
                   on_progress: Callable[[Progress], None] | None = None,
                   every: tuple[int, ...] = (),
-                  to_host: Callable[[Array], np.ndarray] = np.asarray) -> Result:
+                  to_host: Callable[[Array], np.ndarray] = np.asarray,
+                  guidance: guidance_lib.Guidance | None = None) -> Result:
     """Stylizes P content images of one size with the same styles, each its own problem.
 
     Args:
@@ -139,6 +148,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
       on_progress: called after every compiled chunk (see `optimize.chunk_boundaries`).
       every: iteration periods at which ``on_progress`` must be called (progress, snapshots).
       to_host: fetches a result array (the batch runner gathers across hosts with it).
+      guidance: where each style goes (`guidance.from_masks` / `from_maps`); None: everywhere.
+        Its masks are resized to every scale and style layer once per scale.
 
     Returns:
       `Result` at the last scale's size.
@@ -151,6 +162,18 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
     method = optimize.Method.from_config(cfg)
     blend = cfg.blend_weights(len(styles))
     sizes = scale_sizes(cfg, height, width)
+    if cfg.color_match:
+        if num_problems != 1:
+            raise ConfigError("colour matching recolours the styles to one content image; run "
+                              "one content image at a time with it")
+        content_host = np.asarray(contents[0])
+        styles = [match_colors(np.asarray(s), content_host) for s in styles]
+    if guidance is not None and cfg.style_loss != "gram":
+        raise ConfigError(f"masks and maps guide Gram matrices; --style-loss {cfg.style_loss} "
+                          "cannot take them yet: drop one of them")
+    if guidance is not None and len(guidance.style_masks) != len(styles):
+        raise ConfigError(f"the guidance has {len(guidance.style_masks)} style entries for "
+                          f"{len(styles)} style images")
     first_scale = start.scale_index if start else 0
     min_side = vgg19.min_input_side(spec.layers)
     state = None
@@ -164,7 +187,17 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
         style_long = max(min_side, round(cfg.style_scale * max(h, w)))
         scaled_styles = [resize(s, *style_size(s.shape[0], s.shape[1], style_long, min_side))[None]
                          for s in map(lambda s: jnp.asarray(s, jnp.float32), styles)]
-        targets = _targets(vgg, scaled, scaled_styles, jnp.asarray(blend), spec, cfg.compute_dtype)
+        if guidance is None:
+            targets = _targets(vgg, scaled, scaled_styles, jnp.asarray(blend), spec,
+                               cfg.compute_dtype)
+        else:
+            targets = _guided_targets(
+                vgg, scaled, scaled_styles,
+                [None if m is None else guidance_lib.layer_masks(m, *st.shape[1:3], spec.style_layers)
+                 for m, st in zip(guidance.style_masks, scaled_styles)],
+                jnp.asarray(guidance.region_styles, jnp.float32),
+                guidance_lib.layer_masks(guidance.content_masks, h, w, spec.style_layers),
+                spec, cfg.compute_dtype)
         run_spec = spec
         if cfg.loss_scale == "relative":
             run_spec = losses.relative_spec(spec, targets, scaled)

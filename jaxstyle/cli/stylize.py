@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxstyle import batch, image_io, memory
+from jaxstyle import batch, guidance, image_io, memory
 from jaxstyle import stylize as stylize_lib
 from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, add_weights_flags,
                                  available_memory, csv, enable_compilation_cache,
@@ -36,7 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stylize", help="stylize content image(s)",
                        description="Stylize a content image with one or more style images. Defaults "
                                    "reproduce jcjohnson/neural-style.")
-    p.add_argument("content", nargs="+", help="content image(s), or folders of them")
+    p.add_argument("content", nargs="*",
+                   help="content image(s), or folders of them; none with --content-map and "
+                        "--init noise paints the map (a doodle) in the style")
     p.add_argument("--style", "-s", action="extend", nargs="+", required=True, metavar="IMAGE",
                    help="style image(s); several are blended (see --style-blend-weights)")
     p.add_argument("-o", "--output", default="out.png",
@@ -99,6 +101,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep the content's colours (luminance transfer)")
     g.add_argument("--pooling", choices=("max", "avg"), default=d.pooling)
     g.add_argument("--compute-dtype", choices=DTYPES, default=d.compute_dtype)
+    g = p.add_argument_group("where the style goes, and colour (one content image)")
+    g.add_argument("--style-masks", nargs="+", metavar="MASK",
+                   help="one grey mask per style image: white where that style goes in the output, "
+                        "grey a partial weight; uncovered areas keep the content")
+    g.add_argument("--style-region-masks", nargs="+", metavar="MASK",
+                   help="one grey mask per style image: the part of it its style is taken from")
+    g.add_argument("--content-map", metavar="MAP",
+                   help="colour-coded semantic map of the output (with --style-map)")
+    g.add_argument("--style-map", nargs="+", metavar="MAP",
+                   help="one colour-coded map per style image: each region of the output takes its "
+                        "style from the same-coloured region")
+    g.add_argument("--color-match", action="store_true",
+                   help="recolour the style images to the content's colour mean and covariance "
+                        "first (instead of --original-colors)")
     g = p.add_argument_group("output")
     g.add_argument("--save-iter", type=int, default=0, metavar="N",
                    help="also save OUTPUT_<iter>.<ext> every N iterations, and a resume checkpoint")
@@ -156,7 +172,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         original_colors=args.original_colors, pooling=args.pooling,
         compute_dtype=args.compute_dtype, stop_tolerance=args.stop_tolerance,
         stop_window=args.stop_window, average=args.average, keep_best=args.keep_best,
-        style_loss=args.style_loss, loss_scale=loss_scale)
+        style_loss=args.style_loss, loss_scale=loss_scale, color_match=args.color_match)
 
 
 def _snapshot_path(output: Path, iteration: int) -> Path:
@@ -192,24 +208,95 @@ def load_checkpoint(path: Path, cfg: Config):
     return start
 
 
+GUIDANCE_FLAGS = ("style_masks", "style_region_masks", "content_map", "style_map")
+
+
+def _guidance_inputs(args: argparse.Namespace) -> list[str]:
+    return [*(args.style_masks or ()), *(args.style_region_masks or ()),
+            *([args.content_map] if args.content_map else []), *(args.style_map or ())]
+
+
+def check_guidance_flags(args: argparse.Namespace, cfg: Config, has_content: bool) -> None:
+    """One-line errors for combinations of the masks/maps/colour flags that cannot work."""
+    num_styles = len(args.style)
+    for flag in ("style_masks", "style_region_masks", "style_map"):
+        given = getattr(args, flag)
+        if given is not None and len(given) != num_styles:
+            raise JaxstyleError(f"{len(given)} --{flag.replace('_', '-')} given for {num_styles} "
+                                "style images; give one per style image")
+    if bool(args.content_map) != bool(args.style_map):
+        raise JaxstyleError("--content-map and --style-map go together: give both (one style map "
+                            "per style image)")
+    if args.content_map and (args.style_masks or args.style_region_masks):
+        raise JaxstyleError("use either semantic maps (--content-map/--style-map) or masks "
+                            "(--style-masks/--style-region-masks), not both")
+    if (args.style_masks or args.content_map) and cfg.style_loss != "gram":
+        raise JaxstyleError(f"masks and maps guide Gram matrices; --style-loss {cfg.style_loss} "
+                            "cannot take them yet: drop one of them")
+    if args.style_masks and args.style_blend_weights:
+        raise JaxstyleError("--style-blend-weights blends styles over the same area; with "
+                            "--style-masks each style has its own area: drop one of them")
+    if not has_content:
+        if not args.content_map:
+            raise JaxstyleError("no content image: give one, or paint a doodle with "
+                                "--content-map MAP --style-map SMAP --init noise")
+        if cfg.init == "content":
+            raise JaxstyleError("no content image to start from: add --init noise (or --init "
+                                "style / --init image) to paint the content map")
+        if cfg.original_colors or cfg.color_match:
+            raise JaxstyleError("--original-colors and --color-match take the content image's "
+                                "colours; give a content image or drop them")
+
+
+def load_guidance(args: argparse.Namespace, cfg: Config, long_side: int, style_long: int,
+                  ) -> guidance.Guidance | None:
+    """The `guidance.Guidance` that the masks/maps flags describe (None without them)."""
+    if args.content_map:
+        content_map = image_io.load_image(args.content_map, long_side, role="content map")
+        style_maps = [image_io.load_image(m, style_long, role="style map") for m in args.style_map]
+        return guidance.from_maps(content_map, style_maps, cfg.blend_weights(len(args.style)))
+    if not (args.style_masks or args.style_region_masks):
+        return None
+    masks = None if not args.style_masks else [
+        image_io.load_mask(m, long_side, role="style mask") for m in args.style_masks]
+    regions = None if not args.style_region_masks else [
+        image_io.load_mask(m, style_long, role="style region mask") for m in args.style_region_masks]
+    for paths, loaded in ((args.style_masks, masks), (args.style_region_masks, regions)):
+        for path, mask in zip(paths or (), loaded or ()):
+            if not mask.max() > 0:
+                raise JaxstyleError(f"mask '{path}' is all black, so it selects nothing; paint white "
+                                    "where the style applies")
+    return guidance.from_masks(len(args.style), masks, regions, cfg.blend_weights(len(args.style)))
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     enable_compilation_cache(args)
     if (args.sweep or args.log_dir or args.web) and getattr(args, "watch", None) is None:
         return run_watched(args, cfg)
     contents = [Path(c) for c in args.content]
-    if len(contents) > 1 or contents[0].is_dir() or args.all_pairs:
+    if not contents:
+        check_guidance_flags(args, cfg, has_content=False)
+    if len(contents) > 1 or (contents and contents[0].is_dir()) or args.all_pairs:
         return run_many(args, cfg)  # several images: outputs into a directory
-    output = image_io.check_output_path(args.output, [*contents, *args.style, args.init_image])
+    check_guidance_flags(args, cfg, has_content=bool(contents))
+    inputs = [*contents, *args.style, args.init_image, *_guidance_inputs(args)]
+    output = image_io.check_output_path(args.output, inputs)
     if args.gif:
-        image_io.check_output_path(args.gif, [*contents, *args.style, args.init_image])
+        image_io.check_output_path(args.gif, inputs)
     long_side = max(cfg.all_scales)
-    dims = image_io.image_dimensions(contents[0])
-    if dims is not None:  # before loading: a huge --image-size must not get the process killed
+    # Before loading: a huge --image-size must not get the process killed.
+    dims = image_io.image_dimensions(contents[0] if contents else Path(args.content_map))
+    if dims is not None:
         check_memory(cfg, *fit_long_side(*dims, long_side), num_styles=len(args.style))
-    content = image_io.load_image(contents[0], long_side, role="content image")
     style_long = max(16, round(cfg.style_scale * long_side))
+    if contents:
+        content = image_io.load_image(contents[0], long_side, role="content image")
+    else:  # painting a doodle: the map gives the output's size; there is no content term
+        content = image_io.load_image(args.content_map, long_side, role="content map")
+        cfg = dataclasses.replace(cfg, content_weight=0.0)
     styles = [image_io.load_image(s, style_long, role="style image") for s in args.style]
+    guide = load_guidance(args, cfg, long_side, style_long)
     init_image = (image_io.load_image(cfg.init_image, long_side, role="init image")
                   if cfg.init == "image" else None)
     checkpoint = output.with_name(output.name + CHECKPOINT_SUFFIX)
@@ -247,7 +334,8 @@ def run(args: argparse.Namespace) -> int:
     every = tuple(k for k in (args.print_iter, args.save_iter, args.gif and args.gif_every) if k)
     try:
         result = stylize_lib.stylize_batch(vgg, content[None], styles, cfg, init_image=init_image,
-                                           start=start, on_progress=on_progress, every=every)
+                                           start=start, on_progress=on_progress, every=every,
+                                           guidance=guide)
     except KeyboardInterrupt:
         bar.close()
         if not last:
@@ -350,6 +438,10 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
                             "use e.g. -o stylized/")
     if args.resume or args.gif:
         raise JaxstyleError("--resume and --gif apply to one content image; drop them for a batch")
+    given = [f"--{f.replace('_', '-')}" for f in (*GUIDANCE_FLAGS, "color_match") if getattr(args, f)]
+    if given:
+        raise JaxstyleError(f"{', '.join(given)} work on one content image at a time (its masks "
+                            "and colours are its own); run each content image separately")
     style_paths = [Path(s) for s in args.style]
     pairs: list[tuple[Path | None, list[Path]]] = (
         [(s, [s]) for s in style_paths] if args.all_pairs else [(None, style_paths)])
