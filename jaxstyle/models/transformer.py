@@ -79,11 +79,26 @@ def instance_norm(x: Array, scale: Array, bias: Array) -> Array:
 
 
 def _conv(x: Array, kernel: Array, bias: Array, stride: int) -> Array:
-    """Reflection-padded VALID convolution, float[B, H, W, Cin] -> float[B, H/stride, W/stride, Cout]."""
-    x = reflect_pad(x, kernel.shape[0] // 2)
-    y = lax.conv_general_dilated(x, kernel.astype(x.dtype), (stride, stride), "VALID",
+    """Reflection-padded convolution, float[B, H, W, Cin] -> float[B, H/stride, W/stride, Cout].
+
+    Written as a SAME convolution of the padded input, cropped to the VALID window: the same
+    numbers, but XLA's CPU backend runs SAME convolutions on its fast path and VALID ones on padded
+    inputs as a slow generic loop (256 px, 32 -> 3, 9x9: 866 ms VALID, 24 ms this way; the whole
+    network 3-4x faster)."""
+    k = kernel.shape[0]
+    xp = reflect_pad(x, k // 2)
+    y = lax.conv_general_dilated(xp, kernel.astype(x.dtype), (stride, stride), "SAME",
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias.astype(y.dtype)
+    crops = []
+    for axis in (1, 2):
+        n = xp.shape[axis]
+        valid = (n - k) // stride + 1
+        # SAME puts max((ceil(n/s) - 1)·s + k - n, 0) // 2 zeros before: output j reads input
+        # rows from j·s - lo, so VALID output i is SAME output i + lo/s.
+        lo = max((-(-n // stride) - 1) * stride + k - n, 0) // 2
+        assert lo % stride == 0, (n, k, stride)
+        crops.append(slice(lo // stride, lo // stride + valid))
+    return y[:, crops[0], crops[1]] + bias.astype(y.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
