@@ -14,7 +14,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "jaxstyle"
 CORE = ("jaxstyle.errors", "jaxstyle.config", "jaxstyle.kernels", "jaxstyle.models",
         "jaxstyle.models.vgg19", "jaxstyle.imageops", "jaxstyle.losses", "jaxstyle.optimize",
         "jaxstyle.stylize", "jaxstyle.batch", "jaxstyle.sweep", "jaxstyle.memory",
-        "jaxstyle.guidance")
+        "jaxstyle.guidance", "jaxstyle.models.transformer", "jaxstyle.train")
 # Libraries that read or write files, talk to terminals or networks, or parse command lines.
 IO_LIBRARIES = ("PIL", "h5py", "tqdm", "argparse", "urllib", "http", "socket", "requests",
                 "pooch", "safetensors", "pickle", "zipfile", "subprocess", "tensorboard",

@@ -5,6 +5,7 @@ and every user error becomes one line ``jaxstyle: error: ...`` with a non-zero e
 
   convert, weights   `jaxstyle.cli.convert`: weight files
   stylize            `jaxstyle.cli.stylize`: one content image or several
+  train, apply       `jaxstyle.cli.train`, `jaxstyle.cli.apply`: feed-forward style networks
   bench              `jaxstyle.bench`: the benchmark against the PyTorch reference
 """
 
@@ -14,7 +15,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from jaxstyle.cli import convert, stylize
+from jaxstyle.cli import apply, convert, stylize, train
 from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, OneLineParser, is_out_of_memory,
                                  out_of_memory_error, warnings_as_lines)
 from jaxstyle.errors import JaxstyleError
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     convert.add_parsers(sub)
     stylize.add_parser(sub)
+    train.add_parser(sub)
+    apply.add_parser(sub)
     sub.add_parser("bench", help="benchmark against the PyTorch reference (prints JSON); "
                                  "see `jaxstyle bench --help`")
     return parser

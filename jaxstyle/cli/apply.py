@@ -1,0 +1,124 @@
+"""``jaxstyle apply NET INPUT... -o OUT``: stylizes photos (or folders of video frames) in one pass
+of a trained network, batched by shape (one compiled program per shape), written atomically."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import functools
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxstyle import batch as batch_lib
+from jaxstyle import image_io, netfile
+from jaxstyle.cli.common import EXIT_ERROR, positive, progress_bar, warn
+from jaxstyle.config import DTYPES
+from jaxstyle.errors import JaxstyleError
+from jaxstyle.models import transformer
+
+# Images read (and held) at a time: bounds memory on folders of thousands of frames.
+CHUNK = 64
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("apply", help="stylize images with a network from `jaxstyle train`",
+                       description="Stylize images (files or folders of them, e.g. video frames) "
+                                   "in one forward pass of a trained network.")
+    p.add_argument("net", help="NET file (.safetensors) written by `jaxstyle train`")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of them")
+    p.add_argument("-o", "--output", required=True,
+                   help="output image for one input; a directory for several (named after them)")
+    p.add_argument("--image-size", type=positive(int),
+                   help="resize each input so its long side is this many pixels (default: as is)")
+    p.add_argument("--original-colors", action="store_true",
+                   help="keep the inputs' colours (luminance transfer)")
+    p.add_argument("--batch-size", type=positive(int), default=4,
+                   help="images of one shape per compiled call (default 4)")
+    p.add_argument("--compute-dtype", choices=DTYPES, default="float32")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def _stylize(params, images, dtype):
+    return transformer.apply(params, images, jnp.dtype(dtype))
+
+
+def output_path(outdir: Path, path: Path) -> Path:
+    """``outdir/<name>``, keeping the input's format where jaxstyle can write it, else PNG."""
+    suffix = path.suffix if path.suffix.lower() in image_io.OUTPUT_FORMATS else ".png"
+    return outdir / f"{path.stem}{suffix}"
+
+
+def run(args: argparse.Namespace) -> int:
+    net = netfile.load(args.net)
+    paths = image_io.collect_images(args.inputs)
+    if not paths:
+        raise JaxstyleError(f"no images found in {', '.join(args.inputs)}; give image files or "
+                            "folders that hold some")
+    single = len(paths) == 1 and not Path(args.inputs[0]).is_dir()
+    out = Path(args.output)
+    if single:
+        targets = {paths[0]: image_io.check_output_path(out, [args.net, *paths])}
+    else:
+        if out.suffix.lower() in image_io.OUTPUT_FORMATS:
+            raise JaxstyleError(f"several inputs need an output directory, not '{out}'; use e.g. "
+                                "-o stylized/")
+        targets = {p: output_path(out, p) for p in paths}
+        if len(set(targets.values())) < len(targets):
+            raise JaxstyleError("two inputs have the same name; their outputs would collide")
+        out.mkdir(parents=True, exist_ok=True)
+    mesh = batch_lib.device_mesh()
+    size = batch_lib.padded_batch_size(args.batch_size, args.batch_size, mesh.devices.size)
+    params = jax.device_put(jax.tree.map(jnp.asarray, net.params))
+    skipped: list[Path] = []
+    bar = progress_bar(len(paths), "img", args.quiet, desc="apply")
+
+    def load(path: Path):
+        try:
+            return image_io.load_image(path, args.image_size, role="input image")
+        except JaxstyleError as e:
+            return e
+
+    def save(item):
+        path, image, content = item
+        if args.original_colors:
+            image = image_io.original_colors(image, content)
+        image_io.save_image(image, targets[path], [args.net, *paths])
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for start in range(0, len(paths), CHUNK):
+            chunk = paths[start:start + CHUNK]
+            loaded = {}
+            for path, image in zip(chunk, pool.map(load, chunk)):
+                if isinstance(image, JaxstyleError):
+                    warn(f"skipping {path}: {image}")
+                    skipped.append(path)
+                    bar.update(1)
+                elif min(image.shape[:2]) < transformer.MIN_SIDE:
+                    warn(f"skipping {path}: smaller than {transformer.MIN_SIDE}x"
+                         f"{transformer.MIN_SIDE} pixels")
+                    skipped.append(path)
+                    bar.update(1)
+                else:
+                    loaded[path] = image
+            for shape, keys in batch_lib.bucket_by_shape(
+                    {p: im.shape[:2] for p, im in loaded.items()}).items():
+                for i in range(0, len(keys), size):
+                    keys_i = keys[i:i + size]
+                    # Padded to a fixed batch (repeating the first image): one program per shape.
+                    stack = np.stack([loaded[k] for k in keys_i + [keys_i[0]] * (size - len(keys_i))])
+                    result = np.asarray(_stylize(params, stack, args.compute_dtype))
+                    list(pool.map(save, [(k, result[j], loaded[k]) for j, k in enumerate(keys_i)]))
+                    bar.update(len(keys_i))
+    bar.close()
+    written = len(paths) - len(skipped)
+    where = targets[paths[0]] if single else out
+    print(f"wrote {written} image(s) to {where}" +
+          (f"; skipped {len(skipped)}: {', '.join(map(str, skipped))}" if skipped else ""),
+          file=sys.stderr if args.quiet else sys.stdout)
+    return EXIT_ERROR if skipped else 0

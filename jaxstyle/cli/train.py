@@ -1,0 +1,238 @@
+"""``jaxstyle train STYLE... --data DIR -o NET.safetensors``: learns a feed-forward style network
+(`jaxstyle.train`) on a folder of photos (`jaxstyle.data`), with a progress bar, checkpoints,
+``--resume``, Ctrl-C and a NaN guard; the result is a NET file (`jaxstyle.netfile`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxstyle import data, image_io, losses, netfile
+from jaxstyle import train as train_lib
+from jaxstyle.batch import device_mesh
+from jaxstyle.cli.common import (EXIT_INTERRUPTED, add_weights_flags, csv, enable_compilation_cache,
+                                 load_network, non_negative_float, positive, progress_bar)
+from jaxstyle.config import DTYPES, NORMALIZATIONS, Config
+from jaxstyle.errors import JaxstyleError
+from jaxstyle.files import atomic_write
+from jaxstyle.models import transformer
+
+CHECKPOINT_SUFFIX = ".ckpt.npz"
+# fast-neural-style's defaults (content 1, style 5) on caffe-convention VGG weights (the default
+# Keras file); with torchvision weights use the PyTorch examples' 1e5 and 1e10.
+CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT = 1.0, 5.0, 1e-6
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a feed-forward style network on a folder of photos",
+                       description="Learn a style once (Johnson et al. 2016 with instance norm): "
+                                   "the network then stylizes a photo in one pass (`jaxstyle "
+                                   "apply`). Loss flags mean what they mean for `stylize`.")
+    p.add_argument("style", nargs="+", help="style image(s); several are blended")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="folder of training photos, searched recursively (e.g. COCO train2014)")
+    p.add_argument("-o", "--output", default="net.safetensors", help="NET file to write")
+    add_weights_flags(p)
+    g = p.add_argument_group("loss (defaults for training: content relu2_2, style relu1_1..relu4_1)")
+    g.add_argument("--content-weight", type=non_negative_float, default=CONTENT_WEIGHT)
+    g.add_argument("--style-weight", type=non_negative_float, default=STYLE_WEIGHT)
+    g.add_argument("--tv-weight", type=non_negative_float, default=TV_WEIGHT)
+    g.add_argument("--content-layers", type=csv(str), default=train_lib.DEFAULT_CONTENT_LAYERS,
+                   metavar="L1,L2", help=f"default {','.join(train_lib.DEFAULT_CONTENT_LAYERS)}")
+    g.add_argument("--style-layers", type=csv(str), default=train_lib.DEFAULT_STYLE_LAYERS,
+                   metavar="L1,L2", help=f"default {','.join(train_lib.DEFAULT_STYLE_LAYERS)}")
+    g.add_argument("--content-layer-weights", type=csv(float), metavar="W1,W2")
+    g.add_argument("--style-layer-weights", type=csv(float), metavar="W1,W2")
+    g.add_argument("--style-blend-weights", type=csv(float), metavar="W1,W2")
+    g.add_argument("--normalization", choices=NORMALIZATIONS, default="neural-style")
+    g.add_argument("--style-scale", type=positive(float), default=1.0,
+                   help="style images' long side as a multiple of --image-size (default 1)")
+    g.add_argument("--style-size", type=positive(int), metavar="PX",
+                   help="long side of the style images in pixels (instead of --style-scale)")
+    g.add_argument("--pooling", choices=("max", "avg"), default="max")
+    g = p.add_argument_group("training")
+    g.add_argument("--image-size", type=positive(int), default=256,
+                   help="training crops are IMAGE_SIZE squared (default 256)")
+    g.add_argument("--batch-size", type=positive(int), default=4,
+                   help="images per step, split over all devices (default 4)")
+    g.add_argument("--steps", type=positive(int), default=40000,
+                   help="optimizer steps (default 40000: two epochs of COCO train2014 at batch 4)")
+    g.add_argument("--learning-rate", type=positive(float), default=1e-3, help="Adam (default 1e-3)")
+    g.add_argument("--seed", type=int, default=0, help="initial weights and data order")
+    g.add_argument("--width", type=positive(float), default=1.0,
+                   help="channel multiplier of the network (0.5: the half-width, faster nets)")
+    g.add_argument("--compute-dtype", choices=DTYPES, default="float32")
+    g.add_argument("--workers", type=positive(int), help="image decoding threads (default: CPUs, <= 8)")
+    g.add_argument("--checkpoint-every", type=positive(int), metavar="N",
+                   help=f"write OUTPUT{CHECKPOINT_SUFFIX} every N steps (also written on Ctrl-C)")
+    g.add_argument("--resume", action="store_true",
+                   help=f"continue from OUTPUT{CHECKPOINT_SUFFIX} (same data, seed and settings)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The loss settings as a `Config` (validated like `stylize`'s)."""
+    style_scale = args.style_size / args.image_size if args.style_size else args.style_scale
+    return Config(content_layers=tuple(args.content_layers), style_layers=tuple(args.style_layers),
+                  content_layer_weights=args.content_layer_weights,
+                  style_layer_weights=args.style_layer_weights,
+                  content_weight=args.content_weight, style_weight=args.style_weight,
+                  tv_weight=args.tv_weight, style_blend_weights=args.style_blend_weights,
+                  normalization=args.normalization, image_size=args.image_size,
+                  style_scale=style_scale, seed=args.seed, pooling=args.pooling,
+                  compute_dtype=args.compute_dtype, learning_rate=args.learning_rate)
+
+
+def loss_metadata(cfg: Config, args: argparse.Namespace) -> dict:
+    keys = ("content_layers", "style_layers", "content_layer_weights", "style_layer_weights",
+            "content_weight", "style_weight", "tv_weight", "style_blend_weights", "normalization",
+            "image_size", "style_scale", "pooling", "learning_rate", "seed", "compute_dtype")
+    meta = {k: getattr(cfg, k) for k in keys}
+    meta.update(batch_size=args.batch_size, width=args.width, weights=str(args.weights or "default"))
+    return json.loads(json.dumps(meta))  # tuples -> lists, as they come back from the file
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: parameters, optimizer state, step, data position, seed (the data order's RNG) and
+# the settings, in one .npz written atomically.
+
+
+def save_checkpoint(path: Path, params, opt_state, step: int, position: int, meta: dict) -> None:
+    leaves = [np.asarray(x) for x in jax.tree.leaves((params, opt_state))]
+    arrays = {f"leaf{i:04d}": a for i, a in enumerate(leaves)}
+    atomic_write(path, lambda f: np.savez(f, step=step, position=position,
+                                          settings=json.dumps(meta), **arrays))
+
+
+def load_checkpoint(path: Path, params, opt_state, meta: dict):
+    """(params, opt_state, step, position) from ``path``; the trees give the structure."""
+    if not path.exists():
+        raise JaxstyleError(f"--resume: no checkpoint '{path}' (one is written by "
+                            "--checkpoint-every and on Ctrl-C); run without --resume")
+    treedef = jax.tree.structure((params, opt_state))
+    try:
+        with np.load(path) as z:
+            saved = json.loads(str(z["settings"]))
+            leaves = [z[f"leaf{i:04d}"] for i in range(treedef.num_leaves)]
+            step, position = int(z["step"]), int(z["position"])
+        expected = [np.shape(x) for x in jax.tree.leaves((params, opt_state))]
+        if [leaf.shape for leaf in leaves] != expected:
+            raise ValueError("the network's shapes differ")
+    except Exception as e:
+        raise JaxstyleError(f"--resume: checkpoint '{path}' is damaged or from another network "
+                            f"({' '.join(str(e).split())[:120]}); delete it or use the same --width")
+    for key in sorted(set(saved) | set(meta)):
+        if saved.get(key) != meta.get(key):
+            raise JaxstyleError(f"--resume: checkpoint '{path}' was made with a different "
+                                f"{key.replace('_', '-')} ({saved.get(key)!r}); use the same "
+                                "flags or drop --resume")
+    params, opt_state = jax.tree.unflatten(treedef, leaves)
+    return params, opt_state, step, position
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    output = Path(args.output)
+    if output.suffix != ".safetensors":
+        raise JaxstyleError(f"the network file '{output}' must end in .safetensors")
+    if output.is_dir():
+        raise JaxstyleError(f"output '{output}' is a directory; give a file name, e.g. net.safetensors")
+    files = data.list_images(args.data)
+    mesh = device_mesh()
+    devices = mesh.devices.size
+    if args.batch_size % devices:
+        raise JaxstyleError(f"--batch-size {args.batch_size} does not split over {devices} devices; "
+                            f"use a multiple of {devices}")
+    if len(files) < args.batch_size:
+        raise JaxstyleError(f"{len(files)} image file(s) under '{args.data}', fewer than one batch "
+                            f"of {args.batch_size}; add photos or lower --batch-size")
+    enable_compilation_cache(args)
+    style_long = max(16, round(cfg.style_scale * cfg.image_size))
+    styles = [image_io.load_image(s, style_long, role="style image")[None] for s in args.style]
+    blend = cfg.blend_weights(len(styles))
+    checkpoint = output.with_name(output.name + CHECKPOINT_SUFFIX)
+    meta = loss_metadata(cfg, args)
+
+    params = transformer.init(jax.random.key(args.seed), args.width)
+    opt_state = train_lib.init_optimizer(params, args.learning_rate)
+    step, position = 0, 0
+    if args.resume:
+        params, opt_state, step, position = load_checkpoint(checkpoint, params, opt_state, meta)
+        if step >= args.steps:
+            raise JaxstyleError(f"--resume: checkpoint '{checkpoint}' is at step {step}, not before "
+                                f"--steps {args.steps}; raise --steps to continue it")
+
+    vgg = load_network(args, args.quiet).with_pooling(cfg.pooling)
+    spec = losses.LossSpec.from_config(cfg)
+    tl = train_lib.make_loss(vgg, styles, blend, spec, cfg.compute_dtype)
+    step_fn = train_lib.make_step(tl, mesh)
+    params, opt_state = train_lib.replicate((params, opt_state), mesh)
+    styles_meta = [Path(s).name for s in args.style]
+
+    def write_net(params, steps: int) -> None:
+        if jax.process_index() == 0:
+            netfile.save(output, netfile.Net(jax.tree.map(np.asarray, params), args.width,
+                                             tuple(styles_meta), meta, steps))
+
+    def write_checkpoint() -> None:
+        if jax.process_index() == 0:
+            save_checkpoint(checkpoint, params, opt_state, step, position, meta)
+
+    bar = progress_bar(args.steps, "step", args.quiet, desc="train", initial=step)
+    loader = data.Loader(files, args.batch_size, args.image_size, args.seed, position, args.workers)
+    started, images_done, waited = time.perf_counter(), 0, 0.0
+    try:
+        for batch in loader:
+            new_params, new_opt_state, m = step_fn(params, opt_state,
+                                                   train_lib.shard_batch(batch.images, mesh))
+            m = {k: float(v) for k, v in m.items()}
+            params, opt_state = new_params, new_opt_state  # unchanged by a non-finite step
+            if not m["finite"]:
+                bar.close()
+                write_net(params, step)
+                raise JaxstyleError(
+                    f"the loss became NaN or infinite at step {step + 1}; kept the last finite "
+                    f"network in {output}. Lower --style-weight (or --learning-rate) and run again")
+            step, position = step + 1, batch.position
+            images_done += len(batch.images)
+            waited += batch.wait_s
+            elapsed = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.4g}", content=f"{m['content']:.3g}",
+                            style=f"{m['style']:.3g}", tv=f"{m['tv']:.3g}",
+                            img_s=f"{images_done / elapsed:.1f}", data_wait=f"{waited / elapsed:.0%}",
+                            refresh=False)
+            if args.checkpoint_every and step % args.checkpoint_every == 0:
+                write_checkpoint()
+            if step >= args.steps:
+                break
+    except KeyboardInterrupt:
+        bar.close()
+        loader.close()
+        write_checkpoint()
+        write_net(params, step)
+        print(f"jaxstyle: interrupted at step {step}; wrote {output} and {checkpoint}; continue "
+              "with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        loader.close()
+    bar.close()
+    write_net(params, step)
+    if not args.checkpoint_every:
+        checkpoint.unlink(missing_ok=True)
+    if loader.skipped:
+        print(f"jaxstyle: skipped {len(loader.skipped)} unreadable file(s) (first: "
+              f"{loader.skipped[0]})", file=sys.stderr)
+    print(f"wrote {output} ({step} steps)", file=sys.stderr if args.quiet else sys.stdout)
+    return 0

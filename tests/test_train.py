@@ -1,0 +1,285 @@
+"""Training feed-forward style networks: the step learns a style (judged by an independent PyTorch
+style distance), sharded equals single-device, resume equals uninterrupted, and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import reference
+from jaxstyle import cli, data, losses, netfile, train
+from jaxstyle.config import Config
+from jaxstyle.models import transformer, vgg19
+
+CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
+STYLE_LAYERS = ("relu1_1", "relu2_1")
+SIZE = 16
+
+
+def smooth_images(rng, n, size=SIZE):
+    """Random smooth photos-like images: 2x2 cells of colour, bilinearly upsampled."""
+    cells = rng.random((n, size // 8, size // 8, 3)).astype(np.float32)
+    return np.asarray(jax.image.resize(cells, (n, size, size, 3), "linear"))
+
+
+def stripes(size=SIZE):
+    yy, xx = np.mgrid[:size, :size]
+    return np.stack([(np.sin(xx / 1.5 + yy / 3) > 0) * 0.9, 0.2 + 0 * xx,
+                     (np.cos(yy / 2) > 0) * 0.8], -1)[None].astype(np.float32)
+
+
+def torch_style_distance(vgg, images, style):
+    """Σ over STYLE_LAYERS of the mean squared Gram difference, float64 PyTorch (independent)."""
+    params = jax.tree.map(np.asarray, vgg.params)
+    f = reference.torch_features(params, CAFFE, np.asarray(images, np.float64), STYLE_LAYERS)
+    s = reference.torch_features(params, CAFFE, np.asarray(style, np.float64), STYLE_LAYERS)
+    return sum(float(reference.torch_style_loss(f[k], reference.torch_gram(s[k])).mean())
+               for k in STYLE_LAYERS)
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    return vgg19.init(jax.random.key(0), CAFFE, last_layer="relu2_2")
+
+
+def test_a_tiny_network_learns_the_style_and_still_sees_its_input(vgg):
+    rng = np.random.default_rng(0)
+    photos, unseen, style = smooth_images(rng, 800), smooth_images(rng, 2), stripes()
+    cfg = Config(content_layers=("relu2_2",), style_layers=STYLE_LAYERS, content_weight=0.05,
+                 style_weight=1.0, tv_weight=0.0)
+    tl = train.make_loss(vgg, [style], [1.0], losses.LossSpec.from_config(cfg))
+    initial = transformer.init(jax.random.key(1), width=0.25)
+    before = np.asarray(transformer.apply(initial, unseen))
+    params = jax.tree.map(jnp.array, initial)
+    opt_state = train.init_optimizer(params, 1e-2)
+    params, opt_state = train.replicate((params, opt_state))
+    step = train.make_step(tl)
+    for i in range(200):
+        params, opt_state, metrics = step(params, opt_state, train.shard_batch(photos[4 * i:4 * i + 4]))
+    assert bool(metrics["finite"])
+    after = np.asarray(transformer.apply(params, unseen))
+    d_input = torch_style_distance(vgg, unseen, style)
+    d_before = torch_style_distance(vgg, before, style)
+    d_after = torch_style_distance(vgg, after, style)
+    assert d_after < 0.5 * min(d_before, d_input), (d_input, d_before, d_after)
+    # Not a constant pattern: two different photos still give clearly different outputs.
+    assert np.abs(after[0] - after[1]).mean() > 0.25 * np.abs(unseen[0] - unseen[1]).mean()
+
+
+def test_nan_step_keeps_the_parameters(vgg):
+    cfg = Config(content_layers=("relu1_1",), style_layers=("relu1_1",), tv_weight=0.0)
+    tl = train.make_loss(vgg, [stripes()], [1.0], losses.LossSpec.from_config(cfg))
+    params = transformer.init(jax.random.key(2), width=0.25)
+    kept = jax.tree.map(np.asarray, params)
+    opt_state = train.init_optimizer(params, 1e-3)
+    bad = np.array(smooth_images(np.random.default_rng(1), 2))
+    bad[0, 0, 0, 0] = np.nan
+    params, _, metrics = train.make_step(tl)(*train.replicate((params, opt_state)),
+                                             train.shard_batch(bad))
+    assert not bool(metrics["finite"])
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), kept)
+
+
+SHARDED = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from jaxstyle import batch, losses, train
+    from jaxstyle.config import Config
+    from jaxstyle.models import transformer, vgg19
+    vgg = vgg19.init(jax.random.key(0), vgg19.Preprocessing(True, 255.0, (103.9, 116.8, 123.7)),
+                     last_layer="relu2_1")
+    rng = np.random.default_rng(0)
+    photos = rng.random((12, 16, 16, 3), dtype=np.float32)
+    cfg = Config(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"),
+                 content_weight=0.05, style_weight=1.0, tv_weight=1e-6)
+    tl = train.make_loss(vgg, [rng.random((1, 16, 16, 3), dtype=np.float32)], [1.0],
+                         losses.LossSpec.from_config(cfg))
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = batch.device_mesh(devices)
+        params = transformer.init(jax.random.key(1), 0.25)
+        state = train.replicate((params, train.init_optimizer(params, 1e-2)), mesh)
+        step = train.make_step(tl, mesh)
+        for i in range(3):
+            b = train.shard_batch(photos[4 * i:4 * i + 4], mesh)
+            params, opt, m = step(*state, b)
+            state = (params, opt)
+        out = np.asarray(transformer.apply(params, photos[:2]))
+        results.append((out, float(m["loss"]), len(b.sharding.device_set)))
+    (o1, l1, n1), (o2, l2, n2) = results
+    print(json.dumps({"devices": [n1, n2], "error": float(np.abs(o1 - o2).max()),
+                      "loss": [l1, l2]}))
+""")
+
+
+def test_sharded_over_two_simulated_devices_equals_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    assert record["devices"] == [1, 2]
+    # The networks' outputs, not their parameters: a conv bias right before an instance norm has a
+    # rounding-noise gradient that Adam normalizes to a full step, differently on each split, and
+    # that the norm then removes.
+    assert record["error"] < 1e-3
+    np.testing.assert_allclose(*record["loss"], rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data loading.
+
+
+def _write(path, shape, seed):
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((rng.random(shape + (3,)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    for i in range(5):
+        _write(root / ("sub" if i % 2 else "") / f"p{i}.png", (20 + 2 * i, 30 - i), i)
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / "notes.txt").write_text("ignored")
+    return root
+
+
+def test_loader_crops_shuffles_per_epoch_skips_and_resumes(photos):
+    files = data.list_images(photos)
+    assert len(files) == 6 and any(f.parent.name == "sub" for f in files)
+    with data.Loader(files, 2, 16, seed=3) as loader:
+        batches = [b for _, b in zip(range(9), loader)]
+        skipped = list(loader.skipped)
+    assert all(b.images.shape == (2, 16, 16, 3) for b in batches)
+    assert skipped and all(p.name == "broken.jpg" for p in skipped)
+    epochs = [[loader.path_at(e * 6 + i).name for i in range(6)] for e in range(3)]
+    assert all(sorted(e) == sorted(f.name for f in files) for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 1  # reshuffled
+    # Started at a saved position, the loader gives the same batches as the uninterrupted one.
+    with data.Loader(files, 2, 16, seed=3, position=batches[3].position) as resumed:
+        again = [b for _, b in zip(range(5), resumed)]
+    for a, b in zip(batches[4:], again):
+        np.testing.assert_array_equal(a.images, b.images)
+        assert a.position == b.position
+    # Centre crop of the short-side resize: a wide image keeps its middle.
+    wide = _write(photos.parent / "wide.png", (16, 48), 9)
+    pixels = np.asarray(Image.open(wide), np.float32) / 255
+    np.testing.assert_allclose(data.load_square(wide, 16), pixels[:, 16:32], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# The CLI: train, resume, apply.
+
+
+def run(capsys, *argv):
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(err, *fragments):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("jaxstyle: error: "), err
+    assert all(f in lines[0] for f in fragments), lines[0]
+
+
+TINY = ["--image-size", 16, "--batch-size", 2, "--width", 0.25, "--content-layers", "relu2_1",
+        "--style-layers", "relu1_1,relu2_1", "--learning-rate", 1e-2, "-q"]
+
+
+@pytest.fixture(scope="module")
+def style_file(tmp_path_factory):
+    return _write(tmp_path_factory.mktemp("style") / "style.png", (20, 20), 7)
+
+
+def test_train_resume_equals_uninterrupted_and_apply(capsys, photos, style_file, keras_safetensors,
+                                                    tmp_path):
+    base = ["train", style_file, "--data", photos, "--weights", keras_safetensors, *TINY]
+    full = tmp_path / "full.safetensors"
+    code, _, err = run(capsys, *base, "--steps", 4, "-o", full)
+    assert code == 0, err
+    assert "skipped" in err and "broken.jpg" in err
+    part = tmp_path / "part.safetensors"
+    code, _, err = run(capsys, *base, "--steps", 2, "--checkpoint-every", 2, "-o", part)
+    assert code == 0, err
+    code, _, err = run(capsys, *base, "--steps", 4, "--resume", "-o", part)
+    assert code == 0, err
+    a, b = netfile.load(full), netfile.load(part)
+    assert a.steps == b.steps == 4 and a.width == 0.25 and a.styles == ("style.png",)
+    assert a.loss["content_layers"] == ["relu2_1"]
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+
+    # apply: a folder in, a folder out; batched equals one by one; a bad input is skipped.
+    frames = tmp_path / "frames"
+    for i, shape in enumerate([(16, 20), (16, 20), (16, 20), (12, 12)]):
+        _write(frames / f"f{i}.png", shape, 20 + i)
+    (frames / "f9.png").write_bytes(b"broken")
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "apply", full, frames, "-o", out, "--batch-size", 2, "-q")
+    assert code == 1 and "f9.png" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["f0.png", "f1.png", "f2.png", "f3.png"]
+    params = jax.tree.map(jnp.asarray, a.params)
+    for i in range(4):
+        image = np.asarray(Image.open(frames / f"f{i}.png"), np.float32)[None] / 255
+        alone = np.asarray(transformer.apply(params, image))[0]
+        written = np.asarray(Image.open(out / f"f{i}.png"), np.float32) / 255
+        assert np.abs(written - alone).max() <= 1 / 255 + 1e-6
+    single = tmp_path / "one.jpg"
+    code, _, err = run(capsys, "apply", full, frames / "f0.png", "-o", single, "--image-size", 24,
+                       "--original-colors", "-q")
+    assert code == 0 and Image.open(single).size == (24, 19), err
+
+
+def test_bad_inputs_are_one_line_errors(capsys, photos, style_file, keras_safetensors, tmp_path):
+    base = ["train", style_file, "--weights", keras_safetensors, *TINY, "-o", tmp_path / "n.safetensors"]
+    one_line_error(run(capsys, *base, "--data", tmp_path / "missing")[2], "not found")
+    (tmp_path / "empty").mkdir()
+    one_line_error(run(capsys, *base, "--data", tmp_path / "empty")[2], "no image files")
+    code, _, err = run(capsys, *base, "--data", photos, "--batch-size", 8)
+    assert code == 1
+    one_line_error(err, "fewer than one batch")
+    code, _, err = run(capsys, *base, "--data", photos, "--resume")
+    one_line_error(err, "no checkpoint")
+    code, _, err = run(capsys, "apply", keras_safetensors, photos, "-o", tmp_path / "o")
+    assert code == 1
+    one_line_error(err, "not a jaxstyle network file")
+    code, _, err = run(capsys, "apply", tmp_path / "nothing.safetensors", photos, "-o", tmp_path / "o")
+    one_line_error(err, "not found")
+
+
+def test_nan_loss_is_one_line_and_keeps_the_last_finite_network(capsys, photos, style_file,
+                                                                keras_safetensors, tmp_path,
+                                                                monkeypatch):
+    real = train.make_step
+
+    def poisoned(tl, mesh=None):  # step 2 sees a NaN image: its loss is NaN
+        step, calls = real(tl, mesh), []
+
+        def call(params, opt_state, batch):
+            calls.append(1)
+            if len(calls) == 2:
+                batch = batch * jnp.nan
+            return step(params, opt_state, batch)
+        return call
+
+    monkeypatch.setattr(train, "make_step", poisoned)
+    out = tmp_path / "nan.safetensors"
+    code, _, err = run(capsys, "train", style_file, "--data", photos, "--weights",
+                       keras_safetensors, *TINY, "--steps", 4, "-o", out)
+    assert code == 1
+    one_line_error(err, "NaN", "--style-weight")
+    net = netfile.load(out)
+    assert net.steps == 1 and all(np.isfinite(x).all() for x in jax.tree.leaves(net.params))
