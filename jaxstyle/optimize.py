@@ -145,7 +145,7 @@ class RunState:
     opt_state: the optax states. step: int32[P] steps applied. loss: float32[P] and terms
     ({content, style, tv}: float32[P]) at the images before the last step. diverged: bool[P].
     track: a `Tracking` (convergence stop, average, best iterate; see `init_tracking` and
-    `run_tracked_steps`), or None for a plain run.
+    `tracked_step`), or None for a plain run.
     """
 
     image: Array
@@ -255,29 +255,39 @@ def prepared(vgg: vgg19.VGG, spec: losses.LossSpec) -> vgg19.VGG:
 def run_steps(state: RunState, num_steps: Array | int, vgg: vgg19.VGG, targets: losses.Targets,
               spec: losses.LossSpec, method: Method, dtype: str = "float32",
               step_scale: Array | None = None) -> RunState:
-    """``num_steps`` optimizer steps for every problem, compiled once per shape (``num_steps`` is a
-    runtime value). targets: per problem, as from `problem_targets`.
+    """At most ``num_steps`` optimizer steps for every problem, compiled once per shape
+    (``num_steps`` is a runtime value); the compiled loop ends early once every problem has
+    diverged or, with a `Tracking` (`init_tracking`), stopped. targets: per problem, as from
+    `problem_targets`.
 
-    A spec shared by all problems (weights float32[L]) is closed over, as always. A
-    `losses.LossSpec.stack`ed one (weights with a leading problem axis P) is mapped with the
-    problems: every problem its own loss weights, still runtime arrays in one program (a sweep).
-    step_scale: float32[P], optional: each problem's update multiplied by it (see `step`).
+    A spec shared by all problems (weights float32[L]) is closed over. A `losses.LossSpec.stack`ed
+    one (weights with a leading problem axis P) is mapped with the problems: every problem its own
+    loss weights, still runtime arrays in one program (a sweep). step_scale: float32[P], optional:
+    each problem's update multiplied by it (see `step`).
 
     Pass a `vgg19.prepare`d network when calling repeatedly (as `run` does): an unprepared one has
     its kernels transformed at every call, outside the loop but inside this program (on a CPU that
     is ~0.4 s per call, more than half a 256 px step)."""
     vgg = prepared(vgg, spec)
-    if spec.per_problem or step_scale is not None:  # a sweep: weights/rates mapped per problem
-        specs = spec if spec.per_problem else None
-        one = functools.partial(step, vgg=vgg, method=method, dtype=jnp.dtype(dtype))
-        mapped = jax.vmap(lambda s, t, w, r: one(s, targets=t, spec=spec if w is None else w,
-                                                 step_scale=r))
-        return lax.fori_loop(0, jnp.asarray(num_steps, jnp.int32),
-                             lambda _, s: mapped(s, targets, specs, step_scale), state)
-    one_step = functools.partial(step, vgg=vgg, spec=spec, method=method, dtype=jnp.dtype(dtype))
-    all_steps = jax.vmap(lambda s, t: one_step(s, targets=t))
-    return lax.fori_loop(0, jnp.asarray(num_steps, jnp.int32),
-                         lambda _, s: all_steps(s, targets), state)
+    one_step = step if state.track is None else tracked_step
+    per_problem_spec = spec if spec.per_problem else None  # else closed over, shared
+
+    def one(s, t, own_spec, scale):
+        return one_step(s, vgg, t, spec if own_spec is None else own_spec, method,
+                        jnp.dtype(dtype), scale)
+
+    all_steps = jax.vmap(one)
+    num_steps = jnp.asarray(num_steps, jnp.int32)
+
+    def going(carry):
+        i, s = carry
+        return (i < num_steps) & ~jnp.all(finished(s))
+
+    def body(carry):
+        i, s = carry
+        return i + 1, all_steps(s, targets, per_problem_spec, step_scale)
+
+    return lax.while_loop(going, body, (jnp.zeros((), jnp.int32), state))[1]
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
@@ -308,33 +318,36 @@ def run(state: RunState, num_iterations: int, vgg: vgg19.VGG, targets: losses.Ta
     """Runs steps ``start`` … ``num_iterations`` from ``state`` in compiled chunks.
 
     on_chunk(state, iterations_done) is called after each chunk (chunk ends: see
-    `chunk_boundaries`); it may block on the state (a progress bar reads the loss). Stops early when
-    every problem has diverged. Returns the last state. A stacked ``spec`` and ``step_scale``
-    (float32[P]): see `run_steps`.
+    `chunk_boundaries`); it may block on the state (a progress bar reads the loss). Ends early when
+    every problem has diverged or (tracked) stopped; ``on_chunk`` then gets the iterations actually
+    run. Returns the last state. A stacked ``spec`` and ``step_scale`` (float32[P]): see
+    `run_steps`.
     """
     done = start
     vgg = prepared(vgg, spec)  # once for all chunks
+    counted = None if state.track is None else int(jnp.max(state.track.count))
     for mark in chunk_boundaries(num_iterations, every, start=start):
-        state = (run_steps(state, mark - done, vgg, targets, spec, method, dtype)
-                 if step_scale is None else
-                 run_steps(state, mark - done, vgg, targets, spec, method, dtype, step_scale))
+        state = run_steps(state, mark - done, vgg, targets, spec, method, dtype, step_scale)
+        over = bool(jnp.all(finished(state)))
         done = mark
+        if over and counted is not None:  # ended inside the chunk: where the furthest problem is
+            done = min(mark, start + int(jnp.max(state.track.count)) - counted)
         if on_chunk is not None:
             on_chunk(state, done)
-        if bool(jnp.all(state.diverged)):
+        if over:
             break
     return state
 
 
 # ----------------------------------------------------------------------------------------------
 # Tracking beside the optimizer: stop when converged, an average of the iterates, the best iterate.
-# Additive to the plain loop above: `run_steps` and `step` are unchanged; `run_tracked_steps` wraps
-# `step` and ends its compiled loop by itself once every problem has stopped or diverged.
+# A state with a `Tracking` (`init_tracking`) makes `run_steps` take `tracked_step`, which wraps
+# `step`; the compiled loop ends by itself once every problem has stopped or diverged.
 
 
 @dataclasses.dataclass(frozen=True)
 class Rules:
-    """The static part of the tracking (it decides shapes, so it is a static argument).
+    """The static part of the tracking: what `init_tracking` allocates (so, shapes).
 
     window: the convergence window in steps (the length of the loss history ring).
     average: keep an exponential moving average of the iterates (its decay is a runtime value).
@@ -391,12 +404,15 @@ def init_tracking(state: RunState, rules: Rules, tolerance: float = 0.0,
 
 
 def tracked_step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.LossSpec,
-                 method: Method, rules: Rules, dtype=jnp.float32) -> RunState:
+                 method: Method, dtype=jnp.float32, step_scale: Array | None = None) -> RunState:
     """`step` for ONE problem (no problem axis), then the tracking: a stopped problem stays frozen
     (image, loss, step count); otherwise the best loss and its iterate, the loss history, the
-    average and the convergence test are updated."""
+    average and the convergence test are updated. The `Rules` are read off the tracking state's
+    structure (the history's length, which of average / best image it holds)."""
     track = state.track
-    new = step(dataclasses.replace(state, track=None), vgg, targets, spec, method, dtype)
+    window = track.history.shape[-1]
+    new = step(dataclasses.replace(state, track=None), vgg, targets, spec, method, dtype,
+               step_scale)
     active = ~track.stopped
     keep = lambda n, o: jnp.where(active, n, o)  # noqa: E731
     new = dataclasses.replace(  # the optimizer state is not gated (see `step`)
@@ -406,45 +422,23 @@ def tracked_step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec:
     applied = active & (new.step > state.step)
     improved = applied & (new.loss < track.best_loss)  # new.loss was evaluated at state.image
     best_loss = jnp.where(improved, new.loss, track.best_loss)
-    slot = track.count % rules.window
+    slot = track.count % window
     window_ago = track.history[slot]  # the best loss `window` steps ago (inf until then)
     history = track.history.at[slot].set(jnp.where(applied, best_loss, window_ago))
     count = track.count + applied.astype(jnp.int32)
     gain = (window_ago - best_loss) / jnp.maximum(jnp.abs(window_ago), 1e-30)
-    converged = applied & (count > rules.window) & (gain < track.tolerance)
+    converged = applied & (count > window) & (gain < track.tolerance)
     average = track.average
-    if rules.average:
+    if average is not None:
         mixed = track.decay * average + (1.0 - track.decay) * new.image
         average = jnp.where(applied, mixed, average)
     best_image = track.best_image
-    if rules.keep_best:
+    if best_image is not None:
         best_image = jnp.where(improved, state.image, best_image)
     track = Tracking(tolerance=track.tolerance, decay=track.decay, count=count,
                      best_loss=best_loss, history=history, stopped=track.stopped | converged,
                      average=average, best_image=best_image)
     return dataclasses.replace(new, track=track)
-
-
-@functools.partial(jax.jit, static_argnames=("method", "rules", "dtype"),
-                   donate_argnames=("state",))
-def run_tracked_steps(state: RunState, num_steps: Array | int, vgg: vgg19.VGG,
-                      targets: losses.Targets, spec: losses.LossSpec, method: Method,
-                      rules: Rules, dtype: str = "float32") -> RunState:
-    """Like `run_steps` for a state with a `Tracking` (`init_tracking`): at most ``num_steps``
-    steps; the compiled loop ends early once every problem has stopped or diverged. Compiled once
-    per shape and ``rules``; tolerance and decay are runtime values."""
-    vgg = prepared(vgg, spec)
-    one_step = functools.partial(tracked_step, vgg=vgg, spec=spec, method=method, rules=rules,
-                                 dtype=jnp.dtype(dtype))
-    all_steps = jax.vmap(lambda s, t: one_step(s, targets=t))
-
-    def going(carry):
-        i, s = carry
-        return (i < num_steps) & ~jnp.all(s.track.stopped | s.diverged)
-
-    _, state = lax.while_loop(going, lambda c: (c[0] + 1, all_steps(c[1], targets)),
-                              (jnp.zeros((), jnp.int32), state))
-    return state
 
 
 def result_images(state: RunState) -> Array:
@@ -468,26 +462,3 @@ def finished(state: RunState) -> Array:
     """bool[P]: stopped by the convergence test or diverged."""
     stopped = state.track.stopped if state.track is not None else jnp.zeros_like(state.diverged)
     return stopped | state.diverged
-
-
-def run_tracked(state: RunState, num_iterations: int, vgg: vgg19.VGG, targets: losses.Targets,
-                spec: losses.LossSpec, method: Method, rules: Rules, dtype: str = "float32",
-                every: tuple[int, ...] = (),
-                on_chunk: Callable[[RunState, int], None] | None = None,
-                start: int = 0) -> RunState:
-    """`run` for a tracked state (`init_tracking`): chunks of `run_tracked_steps`; ends when every
-    problem has stopped or diverged (``on_chunk`` then gets the iterations actually run), or at
-    ``num_iterations``."""
-    done = start
-    vgg = prepared(vgg, spec)
-    counted = int(jnp.max(state.track.count)) if state.track is not None else 0
-    for mark in chunk_boundaries(num_iterations, every, start=start):
-        state = run_tracked_steps(state, mark - done, vgg, targets, spec, method, rules, dtype)
-        over = bool(jnp.all(finished(state)))
-        # When the loop ended early, the furthest problem's step count says where it ended.
-        done = min(mark, start + int(jnp.max(state.track.count)) - counted) if over else mark
-        if on_chunk is not None:
-            on_chunk(state, done)
-        if over:
-            break
-    return state

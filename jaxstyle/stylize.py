@@ -219,13 +219,9 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
             report = lambda s, n, i=index: on_progress(  # noqa: E731
                 Progress(i, len(sizes), n, cfg.num_iterations, s, to_host))
         if tracked(cfg):
-            rules = optimize.Rules.from_config(cfg)
-            state = optimize.init_tracking(state, rules, cfg.stop_tolerance, cfg.average)
-            if not bool(jnp.all(state.diverged)):
-                state = optimize.run_tracked(state, cfg.num_iterations, vgg, targets, run_spec,
-                                             method, rules, cfg.compute_dtype, every, report,
-                                             start=done)
-        elif not bool(jnp.all(state.diverged)):
+            state = optimize.init_tracking(state, optimize.Rules.from_config(cfg),
+                                           cfg.stop_tolerance, cfg.average)
+        if not bool(jnp.all(state.diverged)):
             state = optimize.run(state, cfg.num_iterations, vgg, targets, run_spec, method,
                                  cfg.compute_dtype, every, report, start=done)
     images = to_host(optimize.result_images(state))

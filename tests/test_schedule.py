@@ -87,9 +87,9 @@ def test_converged_problem_freezes_while_the_other_goes_on_and_the_cap_holds(pro
     state = dataclasses.replace(state, track=dataclasses.replace(
         state.track, tolerance=jnp.asarray([tol, 0.0], jnp.float32)))  # problem 1 never stops
     seen = []
-    state = optimize.run_tracked(state, CAP, problem["vgg"], problem["two"], problem["spec"],
-                                 method, rules, every=(5,),
-                                 on_chunk=lambda s, n: seen.append((n, np.asarray(s.step))))
+    state = optimize.run(state, CAP, problem["vgg"], problem["two"], problem["spec"],
+                         method, every=(5,),
+                         on_chunk=lambda s, n: seen.append((n, np.asarray(s.step))))
     assert bool(state.track.stopped[0]) and not bool(state.track.stopped[1])
     assert int(state.step[0]) == expected  # frozen at the NumPy rule's step
     assert int(state.step[1]) == CAP  # the cap
@@ -109,17 +109,16 @@ def test_the_loop_ends_by_itself_when_every_problem_has_stopped(problem, lbfgs_t
     rules = optimize.Rules(window=WINDOW)
     state = optimize.init_tracking(optimize.init_state(problem["start"], method), rules, 1.0)
     calls = []
-    state = optimize.run_tracked(state, 1000, problem["vgg"], problem["one"], problem["spec"],
-                                 method, rules, on_chunk=lambda s, n: calls.append(n))
+    state = optimize.run(state, 1000, problem["vgg"], problem["one"], problem["spec"],
+                         method, on_chunk=lambda s, n: calls.append(n))
     assert calls == [expected]  # one chunk of at most 50, ended inside the compiled loop
     assert int(state.step[0]) == expected and bool(state.track.stopped[0])
     # Tolerance and the step count are runtime values: another run uses the same program.
-    compiled = optimize.run_tracked_steps._cache_size()
+    compiled = optimize.run_steps._cache_size()
     again = optimize.init_tracking(optimize.init_state(problem["start"], method), rules, 1e-6)
-    again = optimize.run_tracked(again, 3, problem["vgg"], problem["one"], problem["spec"],
-                                 method, rules)
+    again = optimize.run(again, 3, problem["vgg"], problem["one"], problem["spec"], method)
     assert int(again.step[0]) == 3 and not bool(again.track.stopped[0])
-    assert optimize.run_tracked_steps._cache_size() == compiled
+    assert optimize.run_steps._cache_size() == compiled
 
 
 def test_average_is_the_bias_corrected_ema_of_the_iterates(problem, lbfgs_trajectory):
@@ -128,8 +127,8 @@ def test_average_is_the_bias_corrected_ema_of_the_iterates(problem, lbfgs_trajec
     method = optimize.Method.from_config(CFG)
     rules = optimize.Rules(window=WINDOW, average=True)
     state = optimize.init_tracking(optimize.init_state(problem["start"], method), rules, 0.0, decay)
-    state = optimize.run_tracked(state, steps, problem["vgg"], problem["one"], problem["spec"],
-                                 method, rules)
+    state = optimize.run(state, steps, problem["vgg"], problem["one"], problem["spec"],
+                         method)
     ema = np.zeros_like(images[0])
     for k in range(1, steps + 1):  # the iterates after each step
         ema = decay * ema + (1 - decay) * images[k]
@@ -143,8 +142,8 @@ def test_keep_best_returns_the_lowest_loss_iterate_of_a_non_monotone_run(problem
     assert np.any(np.diff(losses_) > 0)  # not monotone
     rules = optimize.Rules(window=WINDOW, keep_best=True)
     state = optimize.init_tracking(optimize.init_state(problem["start"], method), rules, 0.0)
-    state = optimize.run_tracked(state, 12, problem["vgg"], problem["one"], problem["spec"],
-                                 method, rules)
+    state = optimize.run(state, 12, problem["vgg"], problem["one"], problem["spec"],
+                         method)
     best = int(np.argmin(losses_))  # loss k was evaluated at iterate k
     np.testing.assert_allclose(np.asarray(optimize.result_images(state)[0]), images[best],
                                atol=1e-4)
