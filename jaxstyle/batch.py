@@ -117,9 +117,6 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
             result = stylize_lib.stylize_batch(vgg, stacked, styles, cfg, on_progress=report,
                                                every=every, to_host=_to_host)
             for i, key in enumerate(batch):
-                one = lambda a, i=i: None if a is None else a[i:i + 1]  # noqa: E731
-                results[key] = stylize_lib.Result(result.images[i:i + 1], result.diverged[i:i + 1],
-                                                  result.loss[i:i + 1], one(result.converged),
-                                                  one(result.steps))
+                results[key] = result.problem(i)
             done_before += len(batch) * cfg.num_iterations * len(cfg.all_scales)
     return [results[i] for i in range(len(contents))]

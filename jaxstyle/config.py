@@ -222,3 +222,19 @@ def from_preset(name: str, **fields) -> Config:
     values = dict(PRESETS[name])
     values.update({k: v for k, v in fields.items() if v is not None})
     return Config(**values)
+
+
+# Settings that may differ between the problems of one compiled run (a sweep): none of them changes
+# a shape or a static argument.
+SWEEPABLE = ("content_weight", "style_weight", "tv_weight", "content_layer_weights",
+             "style_layer_weights", "style_blend_weights", "learning_rate", "seed", "init")
+
+
+def check_sweep(cfgs: Sequence[Config]) -> None:
+    """ConfigError unless every config equals the first outside `SWEEPABLE`."""
+    first = cfgs[0]
+    for cfg in cfgs[1:]:
+        for field in dataclasses.fields(Config):
+            if field.name not in SWEEPABLE and getattr(cfg, field.name) != getattr(first, field.name):
+                raise ConfigError(f"a sweep cannot vary {field.name.replace('_', '-')}: it changes "
+                                  "the compiled program; run it separately")

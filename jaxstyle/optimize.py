@@ -196,15 +196,17 @@ def _identity(tree):
 
 
 def problem_targets(targets: losses.Targets, num_problems: int) -> losses.Targets:
-    """`losses.targets` for P content images (content [P, h, w, C], style [1, C, C]) as per-problem
-    targets with a leading problem axis: content [P, 1, h, w, C], style [P, 1, C, C]."""
+    """`losses.targets` for P content images (content [P, h, w, C], style [1, C, C] shared or
+    [P, C, C] one per problem) as per-problem targets with a leading problem axis: content
+    [P, 1, h, w, C], style [P, 1, C, C]."""
     # Guided style: guidance [R, h, w] is shared by every problem; [P, R, h, w] is per problem.
     guidance = None if targets.guidance is None else {
         k: v if v.ndim == 4 else jnp.broadcast_to(v, (num_problems,) + v.shape)
         for k, v in targets.guidance.items()}
     return losses.Targets(
         content={k: v[:, None] for k, v in targets.content.items()},
-        style={k: jnp.broadcast_to(v, (num_problems,) + v.shape) for k, v in targets.style.items()},
+        style={k: jnp.broadcast_to(v, (num_problems,) + v.shape[1:])[:, None]
+               for k, v in targets.style.items()},
         guidance=guidance)
 
 

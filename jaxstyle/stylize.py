@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxstyle import guidance as guidance_lib
 from jaxstyle import losses, optimize
-from jaxstyle.config import Config
+from jaxstyle.config import Config, check_sweep
 from jaxstyle.errors import ConfigError
 from jaxstyle.imageops import fit_long_side, match_colors, original_colors, resize
 from jaxstyle.models import vgg19
@@ -75,6 +75,11 @@ class Result:
     loss: np.ndarray
     converged: np.ndarray | None = None
     steps: np.ndarray | None = None
+
+    def problem(self, i: int) -> "Result":
+        """Problem ``i`` alone (every field keeps its leading axis, of length 1)."""
+        fields = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return Result(*(None if x is None else x[i:i + 1] for x in fields))
 
 
 def tracked(cfg: Config) -> bool:
@@ -130,7 +135,26 @@ def scale_sizes(cfg: Config, height: int, width: int) -> list[tuple[int, int]]:
     return [fit_long_side(height, width, s) for s in cfg.all_scales]
 
 
-def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg: Config,
+def _problem_spec(cfgs: Sequence[Config], by_blend: dict, blends: list, contents: Array
+                  ) -> losses.LossSpec:
+    """The loss spec of P problems: shared (weights float32[L]) when every config has the same
+    weights, else `losses.LossSpec.stack`ed (float32[P, L]). Relative weights are divided by the
+    scales of each problem's own targets (its blend's)."""
+    def one(c: Config, blend) -> losses.LossSpec:
+        spec = losses.LossSpec.from_config(c)
+        if c.loss_scale == "relative":
+            spec = losses.relative_spec(spec, by_blend[blend], contents)
+        return spec
+
+    keys = [(c.content_weight, c.style_weight, c.tv_weight, c.content_layer_weights,
+             c.style_layer_weights, c.loss_scale, b) for c, b in zip(cfgs, blends)]
+    if len(set(keys)) == 1:
+        return one(cfgs[0], blends[0])
+    return losses.LossSpec.stack([one(c, b) for c, b in zip(cfgs, blends)])
+
+
+def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
+                  cfg: Config | Sequence[Config],
                   init_image: Array | None = None, start: Start | None = None,
                   on_progress: Callable[[Progress], None] | None = None,
                   every: tuple[int, ...] = (),
@@ -142,7 +166,9 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
       vgg: the network (`vgg19.load`); its pooling is overridden by ``cfg.pooling``.
       contents: float32[P, H, W, 3] in [0, 1].
       styles: one float32[Hs, Ws, 3] in [0, 1] per style image (sizes may differ).
-      cfg: the configuration.
+      cfg: the configuration, or one per problem (a sweep). Those may differ only in
+        `config.SWEEPABLE` settings: each problem then has its own loss weights, style blend, step
+        size and start, as runtime arrays of the same compiled program.
       init_image: float32[Hi, Wi, 3], for ``cfg.init == "image"``.
       start: resume from a `Start` instead of the beginning.
       on_progress: called after every compiled chunk (see `optimize.chunk_boundaries`).
@@ -154,13 +180,20 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
     Returns:
       `Result` at the last scale's size.
     """
-    vgg = vgg.with_pooling(cfg.pooling)
     contents = jnp.asarray(contents, jnp.float32)
     num_problems, height, width, _ = contents.shape
+    cfgs = (cfg,) * num_problems if isinstance(cfg, Config) else tuple(cfg)
+    if len(cfgs) != num_problems:
+        raise ValueError(f"{len(cfgs)} configs for {num_problems} content images")
+    check_sweep(cfgs)
+    cfg = cfgs[0]  # every setting but the sweepable ones is the same for all problems
+    vgg = vgg.with_pooling(cfg.pooling)
     spec = losses.LossSpec.from_config(cfg)
     vgg = optimize.prepared(vgg, spec)  # once; an unprepared vgg is also checked for the weights
-    method = optimize.Method.from_config(cfg)
-    blend = cfg.blend_weights(len(styles))
+    method, step_scale = optimize.Method.from_config(cfg), None
+    if len({c.step_size for c in cfgs}) > 1:  # per-problem learning rates: runtime step scales
+        method = dataclasses.replace(method, learning_rate=1.0)
+        step_scale = jnp.asarray([c.step_size for c in cfgs], jnp.float32)
     sizes = scale_sizes(cfg, height, width)
     if cfg.color_match:
         if num_problems != 1:
@@ -187,27 +220,40 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
         style_long = max(min_side, round(cfg.style_scale * max(h, w)))
         scaled_styles = [resize(s, *style_size(s.shape[0], s.shape[1], style_long, min_side))[None]
                          for s in map(lambda s: jnp.asarray(s, jnp.float32), styles)]
-        if guidance is None:
-            targets = _targets(vgg, scaled, scaled_styles, jnp.asarray(blend), spec,
-                               cfg.compute_dtype)
-        else:
-            targets = _guided_targets(
+
+        def blended_targets(blend: tuple[float, ...]) -> losses.Targets:
+            if guidance is None:
+                return _targets(vgg, scaled, scaled_styles, jnp.asarray(blend), spec,
+                                cfg.compute_dtype)
+            return _guided_targets(
                 vgg, scaled, scaled_styles,
-                [None if m is None else guidance_lib.layer_masks(m, *st.shape[1:3], spec.style_layers)
+                [None if m is None else guidance_lib.layer_masks(m, *st.shape[1:3],
+                                                                 spec.style_layers)
                  for m, st in zip(guidance.style_masks, scaled_styles)],
                 jnp.asarray(guidance.region_styles, jnp.float32),
                 guidance_lib.layer_masks(guidance.content_masks, h, w, spec.style_layers),
                 spec, cfg.compute_dtype)
-        run_spec = spec
-        if cfg.loss_scale == "relative":
-            run_spec = losses.relative_spec(spec, targets, scaled)
+
+        # Targets once per distinct style blend; each problem takes its own blend's style target.
+        blends = [c.blend_weights(len(styles)) for c in cfgs]
+        by_blend = {b: blended_targets(b) for b in dict.fromkeys(blends)}
+        targets = by_blend[blends[0]]
+        if len(by_blend) > 1:
+            targets = dataclasses.replace(targets, style={
+                k: jnp.concatenate([by_blend[b].style[k] for b in blends])
+                for k in spec.style_layers})
+        run_spec = _problem_spec(cfgs, by_blend, blends, scaled)
         targets = optimize.problem_targets(targets, num_problems)
         if state is not None:
             images = resize(optimize.result_images(state), h, w)
         elif start is not None:
             images = resize(jnp.asarray(start.images, jnp.float32), h, w)
         else:
-            images = initial_images(cfg, scaled, [s[0] for s in scaled_styles], init_image)
+            firsts = [s[0] for s in scaled_styles]
+            images = (initial_images(cfg, scaled, firsts, init_image)
+                      if len({(c.init, c.seed) for c in cfgs}) == 1 else
+                      jnp.concatenate([initial_images(c, scaled[i:i + 1], firsts, init_image)
+                                       for i, c in enumerate(cfgs)]))
         # A problem that diverged at a coarser scale stays frozen (its last finite image, resized).
         diverged = None if state is None else state.diverged
         state = optimize.init_state(images, method)
@@ -223,7 +269,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], cfg:
                                            cfg.stop_tolerance, cfg.average)
         if not bool(jnp.all(state.diverged)):
             state = optimize.run(state, cfg.num_iterations, vgg, targets, run_spec, method,
-                                 cfg.compute_dtype, every, report, start=done)
+                                 cfg.compute_dtype, every, report, start=done,
+                                 step_scale=step_scale)
     images = to_host(optimize.result_images(state))
     if cfg.original_colors:
         originals = to_host(resize(contents, *images.shape[1:3]))

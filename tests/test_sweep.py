@@ -51,7 +51,7 @@ def test_a_shape_changing_setting_cannot_be_swept():
     with pytest.raises(ConfigError, match="cannot sweep image-size"):
         sweep.grid(Config(), {"image_size": [256, 512]})
     with pytest.raises(ConfigError, match="style-layers"):
-        sweep.check([Config(), Config(style_layers=("relu1_1",))])
+        sweep.check_sweep([Config(), Config(style_layers=("relu1_1",))])
 
 
 def _write_image(path, shape, seed):

@@ -5,15 +5,14 @@ per cell (``OUT-1.png`` …) and ``OUT.json`` (the cells' files and settings, in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from jaxstyle import image_io
 from jaxstyle import sweep as sweep_lib
-from jaxstyle.cli.common import load_network, progress_bar, warn
+from jaxstyle.cli.common import EXIT_ERROR, load_network, progress_bar, warn
 from jaxstyle.config import INITS, Config
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.files import atomic_write
@@ -88,6 +87,12 @@ def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
     if len(set(names)) != len(names):
         raise JaxstyleError("each setting may be swept once; put all its values in one --sweep")
     axes = {SWEEP_FLAGS[name][0]: values for name, values in args.sweep}
+    loss_weights = ("content_weight", "style_weight", "tv_weight")
+    if cfg.loss_scale == "relative" and set(loss_weights) & set(axes):
+        # Sweeping a loss weight gives it, as its flag would: neural-style's absolute weights, so
+        # that each cell equals the same flags run alone.
+        cfg = dataclasses.replace(cfg, loss_scale=None,
+                                  **{k: getattr(Config(), k) for k in loss_weights})
     cells = sweep_lib.grid(cfg, axes)
     inputs = [*args.content, *args.style, args.init_image]
     output = image_io.check_output_path(args.output, inputs)
@@ -139,4 +144,4 @@ def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
         watcher.finish()
     print(f"wrote {output} ({len(cells)} cells), {files[0].name} … {files[-1].name} and {index.name}",
           file=sys.stderr if args.quiet else sys.stdout)
-    return 1 if diverged else 0
+    return EXIT_ERROR if diverged else 0
