@@ -135,20 +135,18 @@ def scale_sizes(cfg: Config, height: int, width: int) -> list[tuple[int, int]]:
     return [fit_long_side(height, width, s) for s in cfg.all_scales]
 
 
-def _problem_spec(cfgs: Sequence[Config], by_blend: dict, blends: list, contents: Array
-                  ) -> losses.LossSpec:
-    """The loss spec of P problems: shared (weights float32[L]) when every config has the same
-    weights, else `losses.LossSpec.stack`ed (float32[P, L]). Relative weights are divided by the
-    scales of each problem's own targets (its blend's)."""
+def _problem_spec(cfgs: Sequence[Config], by_blend: dict, blends: list, contents: Array,
+                  per_problem: bool) -> losses.LossSpec:
+    """The loss spec of P problems: shared (weights float32[L]), or with ``per_problem``
+    `losses.LossSpec.stack`ed (float32[P, L]). Relative weights are divided by the scales of each
+    problem's own targets (its blend's)."""
     def one(c: Config, blend) -> losses.LossSpec:
         spec = losses.LossSpec.from_config(c)
         if c.loss_scale == "relative":
             spec = losses.relative_spec(spec, by_blend[blend], contents)
         return spec
 
-    keys = [(c.content_weight, c.style_weight, c.tv_weight, c.content_layer_weights,
-             c.style_layer_weights, c.loss_scale, b) for c, b in zip(cfgs, blends)]
-    if len(set(keys)) == 1:
+    if not per_problem:
         return one(cfgs[0], blends[0])
     return losses.LossSpec.stack([one(c, b) for c, b in zip(cfgs, blends)])
 
@@ -182,7 +180,10 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     """
     contents = jnp.asarray(contents, jnp.float32)
     num_problems, height, width, _ = contents.shape
-    cfgs = (cfg,) * num_problems if isinstance(cfg, Config) else tuple(cfg)
+    # Configs per problem (a sweep) always run as per-problem weights and step sizes, even where
+    # a batch's values happen to coincide: one program for every batch of the sweep.
+    per_problem = not isinstance(cfg, Config)
+    cfgs = tuple(cfg) if per_problem else (cfg,) * num_problems
     if len(cfgs) != num_problems:
         raise ValueError(f"{len(cfgs)} configs for {num_problems} content images")
     check_sweep(cfgs)
@@ -191,7 +192,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     spec = losses.LossSpec.from_config(cfg)
     vgg = optimize.prepared(vgg, spec)  # once; an unprepared vgg is also checked for the weights
     method, step_scale = optimize.Method.from_config(cfg), None
-    if len({c.step_size for c in cfgs}) > 1:  # per-problem learning rates: runtime step scales
+    if per_problem:  # learning rates as runtime step scales
         method = dataclasses.replace(method, learning_rate=1.0)
         step_scale = jnp.asarray([c.step_size for c in cfgs], jnp.float32)
     sizes = scale_sizes(cfg, height, width)
@@ -242,7 +243,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
             targets = dataclasses.replace(targets, style={
                 k: jnp.concatenate([by_blend[b].style[k] for b in blends])
                 for k in spec.style_layers})
-        run_spec = _problem_spec(cfgs, by_blend, blends, scaled)
+        run_spec = _problem_spec(cfgs, by_blend, blends, scaled, per_problem)
         targets = optimize.problem_targets(targets, num_problems)
         if state is not None:
             images = resize(optimize.result_images(state), h, w)
