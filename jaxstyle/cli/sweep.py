@@ -91,7 +91,7 @@ def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
     if cfg.loss_scale == "relative" and set(loss_weights) & set(axes):
         # Sweeping a loss weight gives it, as its flag would: neural-style's absolute weights, so
         # that each cell equals the same flags run alone.
-        cfg = dataclasses.replace(cfg, loss_scale=None,
+        cfg = dataclasses.replace(cfg, loss_scale="absolute",
                                   **{k: getattr(Config(), k) for k in loss_weights})
     cells = sweep_lib.grid(cfg, axes)
     inputs = [*args.content, *args.style, args.init_image]
