@@ -69,11 +69,14 @@ def _to_host(array: jax.Array) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class BatchProgress:
-    """After each compiled chunk of a batch: ``done`` of ``total`` image-iterations."""
+    """After each compiled chunk of a batch: ``done`` of ``total`` image-iterations; ``problems``:
+    the indices (into ``contents``) of the images in the first rows of ``progress.state`` (the
+    rows after them are padding)."""
 
     done: int
     total: int
     progress: stylize_lib.Progress
+    problems: tuple[int, ...] = ()
 
 
 def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequence[np.ndarray],
@@ -109,10 +112,10 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
             stacked = _global_array(np.stack([np.asarray(resized[k]) for k in padded]),
                                     problems_sharding)
 
-            def report(p, base=done_before, real=len(batch)):
+            def report(p, base=done_before, keys=tuple(batch)):
                 if on_progress is not None:
                     step = p.scale_index * cfg.num_iterations + p.iteration
-                    on_progress(BatchProgress(base + real * step, total, p))
+                    on_progress(BatchProgress(base + len(keys) * step, total, p, keys))
 
             result = stylize_lib.stylize_batch(vgg, stacked, styles, cfg, on_progress=report,
                                                every=every, to_host=_to_host)

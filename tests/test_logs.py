@@ -97,6 +97,28 @@ def test_stylize_logs_terms_images_and_settings(capsys, tmp_path, inputs, keras_
     assert '"style_weight": 321.0' in settings
 
 
+def test_a_batch_logs_one_run_per_image(capsys, tmp_path, inputs, keras_safetensors):
+    content, style = inputs
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    first = _image(folder / "a.png", (24, 32), 3)
+    second = _image(folder / "b.png", (32, 24), 4)  # another shape: its own bucket
+    logs = tmp_path / "logs"
+    code, _, err = run(capsys, "stylize", folder, "--style", style, "--weights", keras_safetensors,
+                       "-o", tmp_path / "out", "--image-size", "32", "--num-iterations", "4",
+                       "--style-layers", "relu1_1,relu2_1", "--content-layers", "relu2_1",
+                       "--print-iter", "2", "--style-weight", "100", "--quiet", "--log-dir", logs)
+    assert code == 0, err
+    records = [json.loads(s) for s in (logs / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({r["run"] for r in records}) == ["a", "b"]
+    for name, path in (("a", first), ("b", second)):
+        events = _read(logs / name)
+        assert [s.step for s in events.Scalars("loss/loss")] == [2, 4]
+        last = events.Images("image")[-1].encoded_image_string  # the end: the written output
+        logged = np.asarray(Image.open(__import__("io").BytesIO(last)))
+        assert np.array_equal(logged, np.asarray(Image.open(tmp_path / "out" / f"{name}.png")))
+
+
 def _one_line(err, fragment):
     lines = [s for s in err.strip().splitlines() if s.strip()]
     assert len(lines) == 1 and lines[0].startswith("jaxstyle: error: "), err

@@ -315,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
         return image
 
     watch = getattr(args, "watch", None)  # --log-dir / --web (see `run_watched`)
+    if watch is not None:
+        watch.start([(contents[0] if contents else Path(args.content_map)).stem])
 
     def on_progress(p) -> None:
         if watch is not None:
@@ -379,18 +381,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_watched(args: argparse.Namespace, cfg: Config) -> int:
-    """A sweep, or one image, with --log-dir and/or --web: both opened before any work."""
-    if not args.sweep and (len(args.content) > 1 or Path(args.content[0]).is_dir()
-                           or args.all_pairs):
-        raise JaxstyleError("--log-dir and --web apply to one content image or a --sweep; "
-                            "run a batch without them")
+    """A run with --log-dir and/or --web (one image, a batch or a sweep): both opened before any
+    work. Each path names its images with ``watch.start``."""
     args.watch = open_watch(args, cfg)
     try:
         if args.sweep:
             return run_sweep(args, cfg, args.watch)
-        args.watch.start([Path(args.content[0]).stem])
         code = run(args)
-        if code == 0:  # not after Ctrl-C: --web-keep would wait for a second one
+        if code != EXIT_INTERRUPTED:  # after Ctrl-C, --web-keep would wait for a second one
             args.watch.finish()
         return code
     finally:
@@ -474,9 +472,14 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
     offset = 0
     diverged = []
     converged = 0
-    for style, style_list in pairs:
-        def update(p: batch.BatchProgress, base=offset) -> None:
+    watch = getattr(args, "watch", None)  # --log-dir / --web (see `run_watched`)
+    if watch is not None:  # one run per output image, named after it
+        watch.start([output_path(outdir, n, s).stem for s, _ in pairs for n in names])
+    for pair, (style, style_list) in enumerate(pairs):
+        def update(p: batch.BatchProgress, base=offset, first=pair * len(names)) -> None:
             bar.update(base + p.done - bar.n)
+            if watch is not None:
+                watch.progress(p.progress, [first + k for k in p.problems])
         results = batch.stylize_many(vgg, [loaded[n] for n in names],
                                      [styles[s] for s in style_list], cfg,
                                      batch_size=args.batch_size, on_progress=update,

@@ -1,5 +1,5 @@
-"""What ``--log-dir`` and ``--web`` watch: after each compiled chunk of a stylize run (one image or a
-sweep), the loss terms and images go to TensorBoard/metrics.jsonl (`jaxstyle.logs`) and to the live
+"""What ``--log-dir`` and ``--web`` watch: after each compiled chunk of a stylize run (one image, a
+batch or a sweep), the loss terms and images go to TensorBoard/metrics.jsonl (`jaxstyle.logs`) and to the live
 page (`jaxstyle.live`). Both are opened before any work, so a bad directory or a port in use is a
 one-line error at once."""
 
@@ -81,7 +81,8 @@ class Watch:
             speed = (done - self._clock[1]) / (now - self._clock[0])
         loss = np.asarray(p.state.loss)
         terms = {k: np.asarray(v) for k, v in p.state.terms.items()}
-        images = np.asarray(p.state.image) if self.live is not None or self._save(p) else None
+        # The result so far (the average or best iterate where tracked), gathered across hosts.
+        images = p.images if self.live is not None or self._save(p) else None
         for row, index in enumerate(problems):
             values = {"loss": float(loss[row]), **{k: float(terms[k][row]) for k in TERMS}}
             self.rows[index].update(values, step=step)
