@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import reference
 from jaxstyle import cli, data, losses, netfile, train
@@ -212,9 +213,19 @@ def test_train_resume_equals_uninterrupted_and_apply(capsys, photos, style_file,
                                                     tmp_path):
     base = ["train", style_file, "--data", photos, "--weights", keras_safetensors, *TINY]
     full = tmp_path / "full.safetensors"
-    code, _, err = run(capsys, *base, "--steps", 4, "-o", full)
+    logs = tmp_path / "logs"
+    code, _, err = run(capsys, *base, "--steps", 4, "-o", full, "--log-dir", logs,
+                       "--print-iter", 2)
     assert code == 0, err
     assert "skipped" in err and "broken.jpg" in err
+    # --log-dir: the loss terms every --print-iter steps, in metrics.jsonl and for TensorBoard.
+    records = [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["run"], r["step"]) for r in records] == [("full", 2), ("full", 4)]
+    for r in records:
+        assert r["loss"] == pytest.approx(r["content"] + r["style"] + r["tv"], rel=1e-5)
+    events = EventAccumulator(str(logs / "full"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/loss")] == [2, 4]
     part = tmp_path / "part.safetensors"
     code, _, err = run(capsys, *base, "--steps", 2, "--checkpoint-every", 2, "-o", part)
     assert code == 0, err

@@ -21,6 +21,7 @@ from jaxstyle.cli.common import (EXIT_INTERRUPTED, add_weights_flags, csv, enabl
 from jaxstyle.config import DTYPES, NORMALIZATIONS, Config
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.files import atomic_write
+from jaxstyle.logs import LogWriter
 from jaxstyle.models import transformer
 
 CHECKPOINT_SUFFIX = ".ckpt.npz"
@@ -74,6 +75,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action="store_true",
                    help=f"continue from OUTPUT{CHECKPOINT_SUFFIX} (same data, seed and settings)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    g.add_argument("--log-dir", metavar="DIR",
+                   help="TensorBoard event files (the loss terms every --print-iter steps, the "
+                        "settings) and DIR/metrics.jsonl, under the run name NET's stem")
+    g.add_argument("--print-iter", type=positive(int), default=10, metavar="N",
+                   help="log every N steps (with --log-dir; default 10)")
     p.set_defaults(run=run)
 
 
@@ -156,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     if len(files) < args.batch_size:
         raise JaxstyleError(f"{len(files)} image file(s) under '{args.data}', fewer than one batch "
                             f"of {args.batch_size}; add photos or lower --batch-size")
+    log = LogWriter(args.log_dir) if args.log_dir else None  # an unwritable DIR: before any work
     enable_compilation_cache(args)
     style_long = max(16, round(cfg.style_scale * cfg.image_size))
     styles = [image_io.load_image(s, style_long, role="style image")[None] for s in args.style]
@@ -188,6 +195,10 @@ def run(args: argparse.Namespace) -> int:
         if jax.process_index() == 0:
             save_checkpoint(checkpoint, params, opt_state, step, position, meta)
 
+    if log is not None:
+        log.text(output.stem, "settings", "```\n" + json.dumps(
+            {**meta, "styles": styles_meta, "steps": args.steps, "batch_size": args.batch_size,
+             "learning_rate": args.learning_rate, "width": args.width}, indent=1) + "\n```")
     bar = progress_bar(args.steps, "step", args.quiet, desc="train", initial=step)
     loader = data.Loader(files, args.batch_size, args.image_size, args.seed, position, args.workers)
     started, images_done, waited = time.perf_counter(), 0, 0.0
@@ -212,6 +223,9 @@ def run(args: argparse.Namespace) -> int:
                             style=f"{m['style']:.3g}", tv=f"{m['tv']:.3g}",
                             img_s=f"{images_done / elapsed:.1f}", data_wait=f"{waited / elapsed:.0%}",
                             refresh=False)
+            if log is not None and (step % args.print_iter == 0 or step >= args.steps):
+                log.scalars(output.stem, step, {k: m[k] for k in ("loss", "content", "style", "tv")},
+                            {"images_per_s": images_done / elapsed, "data_wait": waited / elapsed})
             if args.checkpoint_every and step % args.checkpoint_every == 0:
                 write_checkpoint()
             if step >= args.steps:
@@ -226,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     finally:
         loader.close()
+        if log is not None:
+            log.close()
     bar.close()
     write_net(params, step)
     if not args.checkpoint_every:
