@@ -67,6 +67,7 @@ def test_live_page_follows_a_sweep_and_matches_its_log(browser, tmp_path, keras_
         [sys.executable, "-m", "jaxstyle.cli", "stylize", content, "--style", style, "--weights",
          keras_safetensors, "-o", tmp_path / "out" / "sheet.png", "--image-size", "32",
          "--num-iterations", str(iters), "--print-iter", "10", "--optimizer", "adam",
+         "--stop-tolerance", "0",  # all the iterations: the page must count to the end
          "--style-layers", "relu1_1,relu2_1", "--content-layers", "relu2_1", "--quiet",
          "--sweep", "style-weight=10,1000", "--log-dir", logs, "--web", str(port), "--web-keep"],
         env=env, stderr=subprocess.PIPE, text=True)
