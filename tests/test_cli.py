@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import run_cli as run
 from jaxstyle import cli, download
 from jaxstyle import stylize as stylize_lib
 
@@ -29,16 +30,6 @@ def images(tmp_path_factory):
     return {"content": _write_image(d / "content.png"),
             "style": _write_image(d / "style.jpg", (30, 30), seed=1),
             "style2": _write_image(d / "style2.png", (20, 36), seed=2)}
-
-
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of `jaxstyle *argv`."""
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def assert_one_line_error(err: str, *fragments: str):

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 import reference as ref
-from jaxstyle import cli, guidance, imageops, losses, stylize, vgg19
+from jaxstyle import guidance, imageops, losses, stylize, vgg19
 from jaxstyle.config import Config
 from jaxstyle.errors import JaxstyleError, JaxstyleWarning
+from helpers import run_cli
 
 CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
 LAYERS = ("relu1_1", "relu2_1")
@@ -282,15 +283,6 @@ def files(tmp_path_factory):
             "black": _save(d / "black.png", np.zeros((8, 8))), "text": d / "text.png",
             "cmap": _save(d / "cmap.png", cmap), "smap": _save(d / "smap.png", smap),
             "grey_map": _save(d / "grey.png", np.full((30, 30, 3), 0.5))}
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_masks_maps_doodle_and_color_match_write_outputs(capsys, files, keras_safetensors,

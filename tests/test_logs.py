@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from jaxstyle import cli
 from jaxstyle.logs import LogWriter
+from helpers import run_cli as run
+from helpers import write_random_image as _image
 
 EVERYTHING = {"scalars": 0, "images": 0, "tensors": 0}
 
@@ -26,14 +27,14 @@ def test_writer_files_load_in_tensorboard(tmp_path):
     log = LogWriter(tmp_path / "logs")
     rng = np.random.default_rng(0)
     image = rng.random((6, 10, 3), dtype=np.float32)
-    for run, scale in (("a run", 1.0), ("b", 2.0)):
-        log.text(run, "settings", f"scale {scale}")
+    for run_name, scale in (("a run", 1.0), ("b", 2.0)):
+        log.text(run_name, "settings", f"scale {scale}")
         for step in (10, 20):
-            log.scalars(run, step, {"loss": scale * step, "tv": scale}, {"iteration": step})
-        log.image(run, "image", image * scale, 20)
+            log.scalars(run_name, step, {"loss": scale * step, "tv": scale}, {"iteration": step})
+        log.image(run_name, "image", image * scale, 20)
     log.close()
-    for run, scale in (("a_run", 1.0), ("b", 2.0)):
-        events = _read(tmp_path / "logs" / run)
+    for run_name, scale in (("a_run", 1.0), ("b", 2.0)):
+        events = _read(tmp_path / "logs" / run_name)
         assert [(e.step, e.value) for e in events.Scalars("loss/loss")] == [(10, 10 * scale),
                                                                             (20, 20 * scale)]
         assert [e.value for e in events.Scalars("loss/tv")] == [scale, scale]
@@ -46,21 +47,6 @@ def test_writer_files_load_in_tensorboard(tmp_path):
     lines = [json.loads(s) for s in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["run"], r["step"], r["loss"], r["iteration"]) for r in lines] == [
         ("a_run", 10, 10.0, 10), ("a_run", 20, 20.0, 20), ("b", 10, 20.0, 10), ("b", 20, 40.0, 20)]
-
-
-def _image(path, shape, seed):
-    rng = np.random.default_rng(seed)
-    Image.fromarray((rng.random(shape + (3,)) * 255).astype(np.uint8)).save(path)
-    return path
-
-
-def run(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxstyle import cli, optimize, stylize, sweep, vgg19
+from jaxstyle import optimize, stylize, sweep, vgg19
 from jaxstyle.config import Config
 from jaxstyle.errors import ConfigError
+from helpers import run_cli as run
+from helpers import write_random_image as _write_image
 
 CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
 SMALL = dict(style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_1",))
@@ -52,21 +54,6 @@ def test_a_shape_changing_setting_cannot_be_swept():
         sweep.grid(Config(), {"image_size": [256, 512]})
     with pytest.raises(ConfigError, match="style-layers"):
         sweep.check_sweep([Config(), Config(style_layers=("relu1_1",))])
-
-
-def _write_image(path, shape, seed):
-    rng = np.random.default_rng(seed)
-    Image.fromarray((rng.random(shape + (3,)) * 255).astype(np.uint8)).save(path)
-    return path
-
-
-def run(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_sweep_writes_sheet_cells_and_index(capsys, tmp_path, keras_safetensors):

@@ -15,9 +15,10 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import reference
-from jaxstyle import cli, data, losses, netfile, train
+from jaxstyle import data, losses, netfile, train
 from jaxstyle.config import Config
 from jaxstyle.models import transformer, vgg19
+from helpers import run_cli as run
 
 CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
 STYLE_LAYERS = ("relu1_1", "relu2_1")
@@ -183,15 +184,6 @@ def test_loader_crops_shuffles_per_epoch_skips_and_resumes(photos):
 
 # ----------------------------------------------------------------------------------------------
 # The CLI: train, resume, apply.
-
-
-def run(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def one_line_error(err, *fragments):
