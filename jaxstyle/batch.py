@@ -102,7 +102,7 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
     buckets = bucket_by_shape({i: tuple(img.shape[:2]) for i, img in enumerate(resized)})
     problems_sharding = NamedSharding(mesh, PartitionSpec("batch"))
     vgg = jax.device_put(vgg, NamedSharding(mesh, PartitionSpec()))
-    total = len(contents) * cfg.num_iterations * len(cfg.all_scales)
+    total = len(contents) * cfg.total_iterations
     done_before = 0
     results: dict[int, stylize_lib.Result] = {}
     for keys in buckets.values():
@@ -114,12 +114,12 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
 
             def report(p, base=done_before, keys=tuple(batch)):
                 if on_progress is not None:
-                    step = p.scale_index * cfg.num_iterations + p.iteration
+                    step = cfg.iterations_before(p.scale_index) + p.iteration
                     on_progress(BatchProgress(base + len(keys) * step, total, p, keys))
 
             result = stylize_lib.stylize_batch(vgg, stacked, styles, cfg, on_progress=report,
                                                every=every, to_host=_to_host)
             for i, key in enumerate(batch):
                 results[key] = result.problem(i)
-            done_before += len(batch) * cfg.num_iterations * len(cfg.all_scales)
+            done_before += len(batch) * cfg.total_iterations
     return [results[i] for i in range(len(contents))]

@@ -23,6 +23,7 @@ NORMALIZATIONS = ("neural-style", "gatys")
 DTYPES = ("float32", "bfloat16")
 STYLE_LOSSES = ("gram", "w2")
 LOSS_SCALES = ("absolute", "relative")
+MIN_PYRAMID_SIDE = 64  # the coarsest scale `Config.num_scales` makes, in pixels (long side)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,13 @@ class Config:
     Images:
       image_size: long side of the output in pixels (the content image is resized to it).
       scales: coarse-to-fine long sides, e.g. (256, 512, 1024): optimize at each in turn, starting
-        from the previous result upsampled. None: just ``image_size``.
+        from the previous result upsampled. None: the pyramid of ``num_scales``.
+      num_scales: when ``scales`` is None, a pyramid of this many scales that halves
+        ``image_size`` each time, keeping only sides of at least ``MIN_PYRAMID_SIDE`` (64) px
+        (3 at 256 px: 64, 128, 256). 1: just ``image_size``. Coarse scales cost a fraction of a
+        step at full size and find the picture's layout; the full size then only refines it
+        (docs/performance.md).
+      coarse_iterations: the cap on steps at every scale but the last (None: ``num_iterations``).
       style_scale: style images are resized to ``style_scale × image_size`` on their long side.
       init: "content", "noise" (uniform, from ``seed``), "style" (the first style image resized to
         the content's size) or "image" (``init_image``, resized likewise).
@@ -100,6 +107,8 @@ class Config:
 
     image_size: int = 512
     scales: tuple[int, ...] | None = None
+    num_scales: int = 1
+    coarse_iterations: int | None = None
     style_scale: float = 1.0
     init: str = "content"
     init_image: str | None = None
@@ -129,7 +138,26 @@ class Config:
 
     @property
     def all_scales(self) -> tuple[int, ...]:
-        return self.scales if self.scales else (self.image_size,)
+        """Long side of every scale, coarse to fine."""
+        if self.scales:
+            return self.scales
+        pyramid = [self.image_size // 2**k for k in range(self.num_scales - 1, 0, -1)]
+        return tuple(s for s in pyramid if s >= MIN_PYRAMID_SIDE) + (self.image_size,)
+
+    @property
+    def scale_iterations(self) -> tuple[int, ...]:
+        """The cap on steps at each scale of `all_scales`."""
+        coarse = self.num_iterations if self.coarse_iterations is None else self.coarse_iterations
+        return (coarse,) * (len(self.all_scales) - 1) + (self.num_iterations,)
+
+    @property
+    def total_iterations(self) -> int:
+        """The cap on steps over all scales (a progress bar's total)."""
+        return sum(self.scale_iterations)
+
+    def iterations_before(self, scale_index: int) -> int:
+        """Steps (at most) run before scale ``scale_index`` starts."""
+        return sum(self.scale_iterations[:scale_index])
 
     def blend_weights(self, num_styles: int) -> tuple[float, ...]:
         """Normalized blend weights for ``num_styles`` style images."""
@@ -181,6 +209,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"L-BFGS memory must be >= 1; got {cfg.lbfgs_memory}")
     if cfg.num_iterations < 1:
         raise ConfigError(f"number of iterations must be >= 1; got {cfg.num_iterations}")
+    if cfg.num_scales < 1:
+        raise ConfigError(f"number of scales must be >= 1; got {cfg.num_scales}")
+    if cfg.coarse_iterations is not None and cfg.coarse_iterations < 1:
+        raise ConfigError(f"coarse iterations must be >= 1; got {cfg.coarse_iterations}")
     if cfg.image_size < 16:
         raise ConfigError(f"image size must be >= 16 pixels (VGG-19 needs it); got {cfg.image_size}")
     if cfg.scales is not None and (not cfg.scales or min(cfg.scales) < 16):
@@ -208,7 +240,9 @@ RELATIVE_WEIGHTS = {"content_weight": 1.0, "style_weight": 5.0, "tv_weight": 0.1
 
 PRESETS: dict[str, dict] = {
     # The default of `jaxstyle stylize`: chosen by time to quality (docs/performance.md).
-    "fast": dict(stop_tolerance=0.01, stop_window=20),
+    # 64 → 128 → 256 px at 256 px: 150 steps at most at each coarse scale, then the full size
+    # until the loss improves by less than 0.25 % over 20 steps.
+    "fast": dict(num_scales=3, coarse_iterations=150, stop_tolerance=0.0025, stop_window=20),
     # jcjohnson/neural-style exactly: Config's defaults (1000 L-BFGS steps, no early stop).
     "neural-style": dict(),
 }

@@ -5,7 +5,7 @@ runner are built on `stylize_batch`; `stylize` is the one-image convenience.
 
 Per scale (``cfg.all_scales``, e.g. 256 → 512 → 1024): the content images are resized so their long
 side is the scale, the style images to ``style_scale`` × the scale, targets are computed once, and
-``cfg.num_iterations`` compiled optimizer steps run from the previous scale's result (upsampled) or
+at most ``cfg.scale_iterations[i]`` compiled optimizer steps run from the previous scale's result (upsampled) or
 from the initial image.
 """
 
@@ -213,6 +213,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     state = None
     for index in range(first_scale, len(sizes)):
         h, w = sizes[index]
+        if min(h, w) < min_side and cfg.scales is None and index < len(sizes) - 1:
+            continue  # a pyramid's coarse scale too small for a panorama: start finer
         if min(h, w) < min_side:
             raise ConfigError(
                 f"a {width}x{height} content image at {max(h, w)} px is {w}x{h}, too small for "
@@ -264,12 +266,12 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         report = None
         if on_progress is not None:
             report = lambda s, n, i=index: on_progress(  # noqa: E731
-                Progress(i, len(sizes), n, cfg.num_iterations, s, to_host))
+                Progress(i, len(sizes), n, cfg.scale_iterations[i], s, to_host))
         if tracked(cfg):
             state = optimize.init_tracking(state, optimize.Rules.from_config(cfg),
                                            cfg.stop_tolerance, cfg.average)
         if not bool(jnp.all(state.diverged)):
-            state = optimize.run(state, cfg.num_iterations, vgg, targets, run_spec, method,
+            state = optimize.run(state, cfg.scale_iterations[index], vgg, targets, run_spec, method,
                                  cfg.compute_dtype, every, report, start=done,
                                  step_scale=step_scale)
     images = to_host(optimize.result_images(state))

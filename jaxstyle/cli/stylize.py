@@ -66,8 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="gram, or w2: Wasserstein-2 distance between Gaussian fits of the features")
     g = p.add_argument_group("optimization")
     g.add_argument("--preset", choices=tuple(PRESETS), default="fast",
-                   help="fast (default): stop when converged, loss weights relative to their "
-                        "targets' scales; neural-style: exactly neural-style's run (1000 L-BFGS "
+                   help="fast (default): a 3-scale pyramid, stop when converged, loss weights "
+                        "relative to their targets' scales; neural-style: exactly neural-style's run (1000 L-BFGS "
                         "iterations, its loss weights, no early stop). Explicit flags override it")
     g.add_argument("--stop-tolerance", type=non_negative_float, metavar="FRACTION",
                    help="stop when the loss improved by less than this fraction over the last "
@@ -91,7 +91,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--image-size", type=positive(int),
                    help=f"long side of the output in pixels (default {d.image_size})")
     g.add_argument("--scales", type=csv(int), metavar="S1,S2",
-                   help="coarse-to-fine long sides, e.g. 256,512,1024 (overrides --image-size)")
+                   help="coarse-to-fine long sides, e.g. 256,512,1024 (overrides --image-size "
+                        "and --num-scales)")
+    g.add_argument("--num-scales", type=positive(int), metavar="N",
+                   help="coarse-to-fine pyramid: N scales halving --image-size, none under "
+                        f"64 px (default {PRESETS['fast']['num_scales']}; neural-style: 1)")
+    g.add_argument("--coarse-iterations", type=positive(int), metavar="N",
+                   help="the cap on iterations at every scale but the last (default "
+                        f"{PRESETS['fast']['coarse_iterations']}; neural-style: --num-iterations)")
     g.add_argument("--style-scale", type=positive(float), default=d.style_scale)
     g.add_argument("--style-size", type=positive(int), metavar="PX",
                    help="long side of the style images in pixels (instead of --style-scale)")
@@ -168,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         style_blend_weights=args.style_blend_weights, normalization=args.normalization,
         optimizer=args.optimizer, learning_rate=args.learning_rate, lbfgs_memory=args.lbfgs_memory,
         num_iterations=args.num_iterations, image_size=size, scales=args.scales,
+        num_scales=args.num_scales, coarse_iterations=args.coarse_iterations,
         style_scale=style_scale, init=args.init, init_image=args.init_image, seed=args.seed,
         original_colors=args.original_colors, pooling=args.pooling,
         compute_dtype=args.compute_dtype, stop_tolerance=args.stop_tolerance,
@@ -303,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
     start = load_checkpoint(checkpoint, cfg) if args.resume else None
     vgg = load_network(args, args.quiet)
 
-    total = cfg.num_iterations * len(cfg.all_scales)
+    total = cfg.total_iterations
     bar = progress_bar(total, "it", args.quiet, desc="stylize")
     frames: list[np.ndarray] = []
     last: dict = {}
@@ -321,13 +329,13 @@ def run(args: argparse.Namespace) -> int:
     def on_progress(p) -> None:
         if watch is not None:
             watch.progress(p, [0])
-        done = p.scale_index * cfg.num_iterations + p.iteration
+        done = cfg.iterations_before(p.scale_index) + p.iteration
         last.update(images=p.images, scale_index=p.scale_index, iteration=p.iteration)
         bar.update(done - bar.n)
         terms = {k: float(v[0]) for k, v in p.state.terms.items()}
         bar.set_postfix(loss=f"{float(p.state.loss[0]):.4g}",
                         **{k: f"{v:.3g}" for k, v in terms.items()}, refresh=False)
-        if args.save_iter and p.iteration % args.save_iter == 0 and p.iteration < cfg.num_iterations:
+        if args.save_iter and p.iteration % args.save_iter == 0 and p.iteration < p.num_iterations:
             image_io.save_image(finish_image(last["images"]), _snapshot_path(output, done))
             save_checkpoint(checkpoint, last["images"], p.scale_index, p.iteration, cfg)
         if args.gif and p.iteration % args.gif_every == 0:
@@ -467,7 +475,7 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
 
     vgg = load_network(args, quiet)
     names = list(loaded)
-    bar = progress_bar(len(names) * len(pairs) * cfg.num_iterations * len(cfg.all_scales),
+    bar = progress_bar(len(names) * len(pairs) * cfg.total_iterations,
                        "it", quiet, desc=f"stylize {len(names)}×{len(pairs)}")
     offset = 0
     diverged = []

@@ -114,12 +114,12 @@ def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
               for settings, _ in cells]
     if watcher is not None:
         watcher.start([" ".join(lbl) for lbl in labels], {"sweep": dict(args.sweep)})
-    total = len(cells) * cfg.num_iterations * len(cfg.all_scales)
+    total = len(cells) * cfg.total_iterations
     bar = progress_bar(total, "it", args.quiet, desc=f"sweep {len(cells)}")
-    per_cell = cfg.num_iterations * len(cfg.all_scales)
+    per_cell = cfg.total_iterations
 
     def on_progress(p: sweep_lib.SweepProgress) -> None:
-        step = p.progress.scale_index * cfg.num_iterations + p.progress.iteration
+        step = cfg.iterations_before(p.progress.scale_index) + p.progress.iteration
         bar.update(p.first * per_cell + p.count * step - bar.n)  # earlier cells are done
         if watcher is not None:
             watcher.progress(p.progress, range(p.first, p.first + p.count))

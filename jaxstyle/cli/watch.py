@@ -67,8 +67,8 @@ class Watch:
         """p: a `stylize.Progress`; problems: the run indices of its first rows (the others are
         padding)."""
         cfg = self.cfg
-        step = p.scale_index * cfg.num_iterations + p.iteration
-        total = p.num_scales * cfg.num_iterations
+        step = cfg.iterations_before(p.scale_index) + p.iteration
+        total = cfg.total_iterations
         # Overall position, counting earlier batches of a sweep as finished.
         batch_size = p.state.image.shape[0]
         done = (problems[0] // batch_size) * total + step if problems else step
@@ -88,7 +88,7 @@ class Watch:
             self.rows[index].update(values, step=step)
             if self.log is not None:
                 if self.print_iter and (p.iteration % self.print_iter == 0
-                                        or p.iteration == cfg.num_iterations):
+                                        or p.iteration == p.num_iterations):
                     self.log.scalars(self.names[index], step, values,
                                      {"scale": p.scale_index, "iteration": p.iteration})
                 if self._save(p):
