@@ -203,3 +203,63 @@ def test_preset_neural_style_gives_the_same_image_as_todays_explicit_flags(tmp_p
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     err = capsys.readouterr().err
     assert "stopped at --num-iterations 8" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# The coarse-to-fine pyramid of the default schedule.
+
+
+def test_pyramid_halves_the_size_down_to_64_px_and_caps_coarse_scales():
+    fast = Config(image_size=256, num_scales=3, coarse_iterations=150, num_iterations=1000)
+    assert fast.all_scales == (64, 128, 256)
+    assert fast.scale_iterations == (150, 150, 1000) and fast.total_iterations == 1300
+    assert [fast.iterations_before(i) for i in range(3)] == [0, 150, 300]
+    assert dataclasses.replace(fast, image_size=1024).all_scales == (256, 512, 1024)
+    assert dataclasses.replace(fast, image_size=200).all_scales == (100, 200)  # 50 < 64 px
+    assert dataclasses.replace(fast, image_size=100).all_scales == (100,)
+    assert dataclasses.replace(fast, num_scales=1).all_scales == (256,)
+    explicit = dataclasses.replace(fast, scales=(32, 256))  # --scales wins over the pyramid
+    assert explicit.all_scales == (32, 256) and explicit.scale_iterations == (150, 1000)
+    assert Config().scale_iterations == (1000,)  # neural-style: one scale, no coarse cap
+    assert Config(scales=(128, 256)).scale_iterations == (1000, 1000)
+    with pytest.raises(ValueError, match="number of scales"):
+        Config(num_scales=0)
+
+
+def test_cli_default_is_the_pyramid_and_neural_style_is_one_scale():
+    fast = parse("--image-size", "256")
+    assert fast.all_scales == (64, 128, 256) and fast.scale_iterations[0] < fast.num_iterations
+    assert parse("--preset", "neural-style", "--image-size", "256").all_scales == (256,)
+    assert parse("--num-scales", "1").all_scales == (fast.image_size,)
+    assert parse("--image-size", "256", "--coarse-iterations", "7").scale_iterations[:2] == (7, 7)
+    assert parse("--scales", "100,200").all_scales == (100, 200)
+
+
+def test_pyramid_runs_each_coarse_scale_to_its_cap_then_the_full_size(problem):
+    cfg = dataclasses.replace(CFG, image_size=128, num_scales=3, coarse_iterations=3,
+                              num_iterations=5)
+    rng = np.random.default_rng(1)
+    content = rng.uniform(size=(1, 96, 128, 3)).astype(np.float32)
+    seen = []
+    result = stylize.stylize_batch(
+        problem["vgg"], content, [content[0]], cfg, every=(1,),
+        on_progress=lambda p: seen.append((p.scale_index, p.iteration, p.num_iterations,
+                                           p.state.image.shape[1:3])))
+    assert cfg.all_scales == (64, 128)  # 32 px is under the pyramid's 64 px floor
+    assert [s for s in seen if s[0] == 0][-1] == (0, 3, 3, (48, 64))
+    assert [s for s in seen if s[0] == 1][-1] == (1, 5, 5, (96, 128))
+    assert result.images.shape == (1, 96, 128, 3) and int(result.steps[0]) == 5
+
+
+def test_pyramid_skips_a_coarse_scale_too_small_for_the_deepest_layer():
+    vgg = vgg19.init(jax.random.key(0), CAFFE, last_layer="relu5_1")
+    cfg = Config(image_size=128, num_scales=2, num_iterations=2, coarse_iterations=2)
+    content = np.random.default_rng(2).uniform(size=(1, 20, 128, 3)).astype(np.float32)
+    seen = []
+    # At 64 px the panorama is 10 px high, under relu5_1's 16: that scale is skipped, not an error.
+    result = stylize.stylize_batch(vgg, content, [content[0]], cfg, every=(1,),
+                                   on_progress=lambda p: seen.append(p.scale_index))
+    assert set(seen) == {1} and result.images.shape == (1, 20, 128, 3)
+    with pytest.raises(ValueError, match="too small"):  # an explicit scale still is
+        stylize.stylize_batch(vgg, content, [content[0]],
+                              dataclasses.replace(cfg, scales=(64, 128)))
