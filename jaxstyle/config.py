@@ -56,7 +56,8 @@ class Config:
         (3 at 256 px: 64, 128, 256). 1: just ``image_size``. Coarse scales cost a fraction of a
         step at full size and find the picture's layout; the full size then only refines it
         (docs/performance.md).
-      coarse_iterations: the cap on steps at every scale but the last (None: ``num_iterations``).
+      coarse_iterations: the cap on steps at every scale but the last (None: ``num_iterations``;
+        never more than ``num_iterations``).
       style_scale: style images are resized to ``style_scale × image_size`` on their long side.
       init: "content", "noise" (uniform, from ``seed``), "style" (the first style image resized to
         the content's size) or "image" (``init_image``, resized likewise).
@@ -147,7 +148,7 @@ class Config:
     @property
     def scale_iterations(self) -> tuple[int, ...]:
         """The cap on steps at each scale of `all_scales`."""
-        coarse = self.num_iterations if self.coarse_iterations is None else self.coarse_iterations
+        coarse = min(self.coarse_iterations or self.num_iterations, self.num_iterations)
         return (coarse,) * (len(self.all_scales) - 1) + (self.num_iterations,)
 
     @property

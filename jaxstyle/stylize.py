@@ -259,6 +259,9 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
                                        for i, c in enumerate(cfgs)]))
         # A problem that diverged at a coarser scale stays frozen (its last finite image, resized).
         diverged = None if state is None else state.diverged
+        # The coarser scale's L-BFGS history goes before this scale's is allocated: the peak
+        # memory of a pyramid is its last scale's, not the sum of two.
+        state = None
         state = optimize.init_state(images, method)
         if diverged is not None:
             state = dataclasses.replace(state, diverged=diverged)

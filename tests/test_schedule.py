@@ -220,6 +220,7 @@ def test_pyramid_halves_the_size_down_to_64_px_and_caps_coarse_scales():
     assert dataclasses.replace(fast, num_scales=1).all_scales == (256,)
     explicit = dataclasses.replace(fast, scales=(32, 256))  # --scales wins over the pyramid
     assert explicit.all_scales == (32, 256) and explicit.scale_iterations == (150, 1000)
+    assert dataclasses.replace(fast, num_iterations=20).scale_iterations == (20, 20, 20)
     assert Config().scale_iterations == (1000,)  # neural-style: one scale, no coarse cap
     assert Config(scales=(128, 256)).scale_iterations == (1000, 1000)
     with pytest.raises(ValueError, match="number of scales"):

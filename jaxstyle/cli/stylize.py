@@ -98,7 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         f"64 px (default {PRESETS['fast']['num_scales']}; neural-style: 1)")
     g.add_argument("--coarse-iterations", type=positive(int), metavar="N",
                    help="the cap on iterations at every scale but the last (default "
-                        f"{PRESETS['fast']['coarse_iterations']}; neural-style: --num-iterations)")
+                        f"{PRESETS['fast']['coarse_iterations']}, at most --num-iterations)")
     g.add_argument("--style-scale", type=positive(float), default=d.style_scale)
     g.add_argument("--style-size", type=positive(int), metavar="PX",
                    help="long side of the style images in pixels (instead of --style-scale)")
