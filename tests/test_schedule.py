@@ -231,7 +231,7 @@ def test_cli_default_is_the_pyramid_and_neural_style_is_one_scale():
     fast = parse("--image-size", "256")
     assert fast.all_scales == (64, 128, 256) and fast.scale_iterations[0] < fast.num_iterations
     assert parse("--preset", "neural-style", "--image-size", "256").all_scales == (256,)
-    assert parse("--num-scales", "1").all_scales == (fast.image_size,)
+    assert parse("--num-scales", "1").all_scales == (512,)  # the default --image-size
     assert parse("--image-size", "256", "--coarse-iterations", "7").scale_iterations[:2] == (7, 7)
     assert parse("--scales", "100,200").all_scales == (100, 200)
 
