@@ -67,8 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("optimization")
     g.add_argument("--preset", choices=tuple(PRESETS), default="fast",
                    help="fast (default): a 3-scale pyramid, stop when converged, loss weights "
-                        "relative to their targets' scales; neural-style: exactly neural-style's run (1000 L-BFGS "
-                        "iterations, its loss weights, no early stop). Explicit flags override it")
+                        "relative to their targets' scales; neural-style: exactly neural-style's "
+                        "run (1000 L-BFGS iterations, its loss weights, no early stop). Explicit "
+                        "flags override it")
     g.add_argument("--stop-tolerance", type=non_negative_float, metavar="FRACTION",
                    help="stop when the loss improved by less than this fraction over the last "
                         "--stop-window iterations; 0: never "
