@@ -8,7 +8,9 @@
   * decoding runs in a small thread pool ahead of the consumer (Pillow releases the GIL while it
     decodes and resizes), so the device does not wait on it; ``Batch.wait_s`` says how long the
     consumer did wait;
-  * an unreadable file is skipped (counted, named in ``skipped``) and the next one taken;
+  * an unreadable file is skipped (counted, named in ``skipped``) and the next one taken; once
+    every file has been tried, fewer readable files than one batch is a `JaxstyleError` (a batch
+    is never filled with repeats of the same few photos);
   * the position (files consumed since the start) is all the state: a loader started at a saved
     position yields exactly the batches an uninterrupted one would have.
 
@@ -98,10 +100,13 @@ class Loader:
 
     def path_at(self, position: int) -> Path:
         """The file at global position ``position``: epoch ``position // N`` in that epoch's order."""
+        return self.files[self._index_at(position)]
+
+    def _index_at(self, position: int) -> int:
         epoch, offset = divmod(position, len(self.files))
         if epoch not in self._orders:
             self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.files))}
-        return self.files[self._orders[epoch][offset]]
+        return int(self._orders[epoch][offset])
 
     def _load(self, path: Path):
         try:
@@ -113,29 +118,32 @@ class Loader:
         pending: collections.deque = collections.deque()
         submitted = self.position
         consumed = self.position
-        unreadable_run = 0
+        tried: set[int] = set()  # indices into files: how many are readable is known once all are
+        unreadable: set[int] = set()
         while True:
             images = []
             waited = 0.0
             while len(images) < self.batch_size:
                 while len(pending) < self._window:
-                    pending.append((self.path_at(submitted), self._pool.submit(
+                    pending.append((self._index_at(submitted), self._pool.submit(
                         self._load, self.path_at(submitted))))
                     submitted += 1
-                path, future = pending.popleft()
+                index, future = pending.popleft()
                 t0 = time.perf_counter()
                 image = future.result()
                 waited += time.perf_counter() - t0
                 consumed += 1
+                tried.add(index)
                 if image is None:
-                    self.skipped.append(path)
-                    unreadable_run += 1
-                    if unreadable_run >= len(self.files):
-                        raise JaxstyleError(f"none of the {len(self.files)} training files could "
-                                            "be read as an image; check the --data folder")
-                    continue
-                unreadable_run = 0
-                images.append(image)
+                    self.skipped.append(self.files[index])
+                    unreadable.add(index)
+                else:
+                    images.append(image)
+                if len(tried) == len(self.files) and len(tried) - len(unreadable) < self.batch_size:
+                    raise JaxstyleError(
+                        f"only {len(tried) - len(unreadable)} of the {len(self.files)} training "
+                        f"files could be read as images, fewer than one batch of "
+                        f"{self.batch_size}; add photos to the --data folder or lower --batch-size")
             self.position = consumed
             yield Batch(np.stack(images), consumed, waited)
 

@@ -202,12 +202,16 @@ def run(args: argparse.Namespace) -> int:
     bar = progress_bar(args.steps, "step", args.quiet, desc="train", initial=step)
     loader = data.Loader(files, args.batch_size, args.image_size, args.seed, position, args.workers)
     started, images_done, waited = time.perf_counter(), 0, 0.0
+    in_flight = None  # the batch of a step dispatched but not yet counted
     try:
         for batch in loader:
-            new_params, new_opt_state, m = step_fn(params, opt_state,
-                                                   train_lib.shard_batch(batch.images, mesh))
-            m = {k: float(v) for k, v in m.items()}
-            params, opt_state = new_params, new_opt_state  # unchanged by a non-finite step
+            # The step donates the old params and opt_state: hold on to the new ones at once (a
+            # non-finite step returns the old values unchanged).
+            params, opt_state, m = step_fn(params, opt_state,
+                                           train_lib.shard_batch(batch.images, mesh))
+            in_flight = batch
+            m = {k: float(v) for k, v in m.items()}  # waits for the step: where Ctrl-C lands
+            in_flight = None
             if not m["finite"]:
                 bar.close()
                 write_net(params, step)
@@ -233,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         bar.close()
         loader.close()
+        if in_flight is not None and bool(m["finite"]):  # let the dispatched step count
+            step, position = step + 1, in_flight.position
         write_checkpoint()
         write_net(params, step)
         print(f"jaxstyle: interrupted at step {step}; wrote {output} and {checkpoint}; continue "
