@@ -9,7 +9,8 @@ Each is pinned against the plain ``lax`` formulation by tests; they exist for sp
     loops.
   * on CPU, the wide convolutions (Cin·Cout >= 128·256) run as Winograd F(2x2, 3x3) in cache-sized
     bands: 16 matrix products on transformed tiles, about twice as fast there as XLA's direct
-    convolution.
+    convolution. Their input gradient reuses the forward transform (one transformed copy of each
+    kernel, not two).
   * `pool2x2` is a reshape and a reduction rather than ``reduce_window``.
 """
 
@@ -52,6 +53,13 @@ def _materialized(array: Array) -> Array:
 _WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
 _WINOGRAD_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
 _WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+# The input gradient's kernel is the flipped one (`flip_kernel`), and G·J = P·G for the reversal J
+# and the swap P of rows 0 and 3, so its transform is u[P·, P·] with Cin and Cout swapped. The
+# gradient therefore reuses the forward transform (no second copy of every kernel) with P folded
+# into the tile transforms: Bᵀ's rows and Aᵀ's columns permuted, u contracted on its Cout axis.
+_FLIP = [3, 1, 2, 0]
+_WINOGRAD_BT_FLIPPED = _WINOGRAD_BT[_FLIP]
+_WINOGRAD_AT_FLIPPED = _WINOGRAD_AT[:, _FLIP]
 WINOGRAD_MIN_CHANNEL_PRODUCT = 128 * 256
 # The transformed tiles of a whole 64x64x256 layer (16 MB in, 16 MB out) overflow a 32 MB L3 and
 # made the layer slower than direct; a band of tile rows at a time keeps them cache-resident.
@@ -88,29 +96,33 @@ def _combine(coefficients, arrays):
     return out
 
 
-def _winograd_band(xp: Array, u: Array, th: int, tw: int) -> Array:
+def _winograd_band(xp: Array, u: Array, th: int, tw: int, flipped: bool = False) -> Array:
     """Winograd on th x tw output tiles. xp: float[B, 2th+2, 2tw+2, Cin] (padded input rows of the
-    band) -> float[B, 2th, 2tw, Cout]."""
+    band) -> float[B, 2th, 2tw, Cout]. ``flipped``: convolve with the kernel's `flip_kernel`
+    instead, u staying the forward transform float[16, Cout, Cin] (see _FLIP)."""
     b, c = xp.shape[0], xp.shape[-1]
+    bt, at = (_WINOGRAD_BT_FLIPPED, _WINOGRAD_AT_FLIPPED) if flipped else (_WINOGRAD_BT, _WINOGRAD_AT)
     # Bᵀ·d·B separably: rows first (on the full width), then columns.
     rows = [xp[:, i:i + 2 * th:2] for i in range(4)]
-    rows = jnp.stack([_combine(_WINOGRAD_BT[k], rows) for k in range(4)])
+    rows = jnp.stack([_combine(bt[k], rows) for k in range(4)])
     cols = [rows[:, :, :, j:j + 2 * tw:2] for j in range(4)]
-    v = jnp.stack([_combine(_WINOGRAD_BT[k], cols) for k in range(4)], 1).reshape(16, -1, c)
-    m = jnp.einsum("tnc,tco->tno", v, u, preferred_element_type=jnp.float32).astype(xp.dtype)
+    v = jnp.stack([_combine(bt[k], cols) for k in range(4)], 1).reshape(16, -1, c)
+    m = jnp.einsum("tnc,toc->tno" if flipped else "tnc,tco->tno", v, u,
+                   preferred_element_type=jnp.float32).astype(xp.dtype)
     m = m.reshape(4, 4, b, th, tw, -1)
-    half = [_combine(_WINOGRAD_AT[p], [m[k] for k in range(4)]) for p in range(2)]
-    out = [[_combine(_WINOGRAD_AT[q], [hp[k] for k in range(4)]) for q in range(2)] for hp in half]
+    half = [_combine(at[p], [m[k] for k in range(4)]) for p in range(2)]
+    out = [[_combine(at[q], [hp[k] for k in range(4)]) for q in range(2)] for hp in half]
     out = jnp.stack([jnp.stack(o, axis=3) for o in out], axis=2)  # [B, th, 2, tw, 2, Cout]
     return out.reshape(b, 2 * th, 2 * tw, -1)
 
 
-def _winograd_conv(x: Array, u: Array) -> Array:
-    """SAME 3x3 convolution of x: float[B, H, W, Cin] with ``winograd_kernel`` u -> [B, H, W, Cout]."""
+def _winograd_conv(x: Array, u: Array, flipped: bool = False) -> Array:
+    """SAME 3x3 convolution of x: float[B, H, W, Cin] with ``winograd_kernel`` u -> [B, H, W, Cout]
+    (``flipped``: with the kernel's `flip_kernel`, u still float[16, Cout, Cin])."""
     b, h, w, c = x.shape
     th, tw = (h + 1) // 2, (w + 1) // 2  # 2x2 output tiles
     xp = jnp.pad(x, ((0, 0), (1, 2 * th - h + 1), (1, 2 * tw - w + 1), (0, 0)))
-    band_row_bytes = 16 * b * tw * (c + u.shape[-1]) * x.dtype.itemsize
+    band_row_bytes = 16 * b * tw * (u.shape[1] + u.shape[2]) * x.dtype.itemsize
     rows_per_band = max(1, min(th, WINOGRAD_BAND_BYTES // band_row_bytes),
                         -(-th // WINOGRAD_MAX_BANDS))
     bands, previous = [], None
@@ -119,7 +131,7 @@ def _winograd_conv(x: Array, u: Array) -> Array:
         band = xp[:, 2 * r0:2 * r1 + 2]
         if previous is not None:  # one band after another, so only one band's tiles are live
             band, _ = lax.optimization_barrier((band, previous))
-        previous = _winograd_band(band, u, r1 - r0, tw)
+        previous = _winograd_band(band, u, r1 - r0, tw, flipped)
         bands.append(previous)
     out = bands[0] if len(bands) == 1 else jnp.concatenate(bands, axis=1)
     return out[:, :h, :w]
@@ -128,23 +140,21 @@ def _winograd_conv(x: Array, u: Array) -> Array:
 class PreparedKernel(NamedTuple):
     """What the convolution needs besides the kernel, computed once outside a loop (`prepare`).
 
-    grad_kernel: ``flip_kernel(kernel)``, float[3, 3, Cout, Cin], for the input gradient.
-    winograd / winograd_grad: ``winograd_kernel`` of the kernel and of the flipped kernel,
-    float[16, Cin, Cout] / [16, Cout, Cin], where `use_winograd`; else None.
+    grad_kernel: ``flip_kernel(kernel)``, float[3, 3, Cout, Cin], for the input gradient of a
+    direct convolution; None where `use_winograd`.
+    winograd: ``winograd_kernel(kernel)``, float[16, Cin, Cout], where `use_winograd` (the input
+    gradient reuses it, see _FLIP); else None.
     """
 
-    grad_kernel: Array
+    grad_kernel: Array | None
     winograd: Array | None = None
-    winograd_grad: Array | None = None
 
 
 def prepare_kernel(kernel: Array) -> PreparedKernel:
     cin, cout = kernel.shape[2:]
-    flipped = _materialized(flip_kernel(kernel))
-    return PreparedKernel(
-        flipped,
-        _materialized(winograd_kernel(kernel)) if use_winograd(cin, cout) else None,
-        _materialized(winograd_kernel(flipped)) if use_winograd(cout, cin) else None)
+    if use_winograd(cin, cout):
+        return PreparedKernel(None, _materialized(winograd_kernel(kernel)))
+    return PreparedKernel(_materialized(flip_kernel(kernel)))
 
 
 def _conv(x: Array, kernel: Array, winograd: Array | None) -> Array:
@@ -152,6 +162,17 @@ def _conv(x: Array, kernel: Array, winograd: Array | None) -> Array:
     if not use_winograd(cin, cout):
         return conv_same(x, kernel)
     return _winograd_conv(x, winograd if winograd is not None else winograd_kernel(kernel))
+
+
+def _input_gradient(g: Array, kernel: Array, prepared: PreparedKernel | None) -> Array:
+    """The input gradient of a SAME conv with ``kernel`` for the output gradient ``g``: the SAME
+    convolution with the flipped kernel (Winograd: the forward transform, flipped; see _FLIP)."""
+    cin, cout = kernel.shape[2:]
+    if use_winograd(cout, cin):
+        u = prepared.winograd if prepared is not None else _materialized(winograd_kernel(kernel))
+        return _winograd_conv(g, u.astype(g.dtype), flipped=True)
+    flipped = prepared.grad_kernel if prepared is not None else _materialized(flip_kernel(kernel))
+    return conv_same(g, flipped.astype(g.dtype))
 
 
 @jax.custom_vjp
@@ -170,11 +191,7 @@ def _conv3x3_fwd(x, kernel, bias, prepared):
 
 def _conv3x3_bwd(residuals, g):
     x, kernel, prepared = residuals
-    if prepared is None:
-        flipped, winograd_grad = _materialized(flip_kernel(kernel)), None
-    else:
-        flipped, winograd_grad = prepared.grad_kernel, prepared.winograd_grad
-    dx = _conv(g, flipped.astype(g.dtype), winograd_grad)
+    dx = _input_gradient(g, kernel, prepared)
     # Dead code (removed by XLA) unless someone differentiates with respect to the weights.
     _, kernel_vjp = jax.vjp(lambda k: conv_same(x, k), kernel)
     (dkernel,) = kernel_vjp(g)

@@ -122,7 +122,7 @@ class Conv3x3(nn.Module):
         kernel = self.param("kernel", nn.initializers.he_normal(), (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         prepared = None
-        if self.has_variable("prepared", "grad_kernel"):
+        if any(self.has_variable("prepared", field) for field in PreparedKernel._fields):
             prepared = PreparedKernel(*(self.get_variable("prepared", field)
                                         if self.has_variable("prepared", field) else None
                                         for field in PreparedKernel._fields))
