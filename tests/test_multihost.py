@@ -1,4 +1,5 @@
-"""The multi-host path of `batch.stylize_many`: two processes under `jax.distributed`, one machine.
+"""The multi-host paths of `batch.stylize_many` and of the fast-network training step: two
+processes under `jax.distributed`, one machine.
 
 Each process has one CPU device, so the default mesh spans two devices of two processes: inputs are
 made global with `jax.make_array_from_callback`, every array of the run is split across the
@@ -73,7 +74,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_workers(tmp_path: Path, attempt: int) -> list[tuple[int, str, str]]:
+def _run_workers(tmp_path: Path, attempt: int, worker: str = WORKER) -> list[tuple[int, str, str]]:
     """Starts both processes; returns (returncode, stdout, stderr) of each. Kills both on a timeout
     or as soon as one fails (the other would wait for it in a collective)."""
     port = _free_port()
@@ -86,7 +87,7 @@ def _run_workers(tmp_path: Path, attempt: int) -> list[tuple[int, str, str]]:
     try:
         for i, (out, err) in enumerate(logs):
             with open(out, "w") as o, open(err, "w") as e:
-                command = [sys.executable, "-c", WORKER, str(port), str(i), str(HERE)]
+                command = [sys.executable, "-c", worker, str(port), str(i), str(HERE)]
                 procs.append(subprocess.Popen(command, env=env, stdout=o, stderr=e, cwd=REPO))
         deadline = time.monotonic() + TIMEOUT_S
         while any(p.poll() is None for p in procs):
@@ -101,15 +102,20 @@ def _run_workers(tmp_path: Path, attempt: int) -> list[tuple[int, str, str]]:
     return [(p.returncode, out.read_text(), err.read_text()) for p, (out, err) in zip(procs, logs)]
 
 
-def test_two_processes_equal_each_image_alone(tmp_path):
-    runs = _run_workers(tmp_path, 0)
+def _records(tmp_path: Path, worker: str = WORKER) -> tuple[list[dict], str]:
+    """Runs both processes (again on a fresh port if the first was taken); their last JSON lines."""
+    runs = _run_workers(tmp_path, 0, worker)
     if any(PORT_IN_USE in err for _, _, err in runs):  # the port was taken after we probed it
-        runs = _run_workers(tmp_path, 1)
+        runs = _run_workers(tmp_path, 1, worker)
     report = "\n".join(f"--- process {i}: exit {rc}\n{out[-2000:]}\n{err[-4000:]}"
                        for i, (rc, out, err) in enumerate(runs))
     assert all(rc == 0 for rc, _, _ in runs), report
-    records = [json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
-               for _, out, _ in runs]
+    return [json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+            for _, out, _ in runs], report
+
+
+def test_two_processes_equal_each_image_alone(tmp_path):
+    records, report = _records(tmp_path)
 
     assert sorted(r["process"] for r in records) == [0, 1], report
     for r in records:
@@ -128,3 +134,71 @@ def test_two_processes_equal_each_image_alone(tmp_path):
     for content, image in zip(contents, records[0]["images"]):
         alone = stylize.stylize_batch(vgg, content[None], [style], cfg)
         np.testing.assert_allclose(np.asarray(image, np.float32), alone.images, atol=2e-4)
+
+
+TRAIN_WORKER = textwrap.dedent("""
+    import json, sys
+    import jax
+    port, process_id = sys.argv[1], int(sys.argv[2])
+    jax.config.update("jax_num_cpu_devices", 1)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                               process_id=process_id, initialization_timeout=60)
+    import numpy as np
+    from jax.experimental import multihost_utils
+    sys.path.insert(0, sys.argv[3])
+    from test_multihost import train_steps
+    params, batch, metrics = train_steps()
+    shards = [s.data.shape[0] for s in batch.addressable_shards]
+    params = multihost_utils.process_allgather(params, tiled=True)  # replicated: the same on both
+    print(json.dumps({"process": jax.process_index(), "devices": len(jax.devices()),
+                      "batch_shards": shards, "batch_global": list(batch.shape),
+                      "loss": float(metrics["loss"]),
+                      "params": [np.asarray(x).tolist() for x in jax.tree.leaves(params)]}))
+    jax.distributed.shutdown()
+""")
+
+
+def train_steps():
+    """Three training steps of a tiny network on fixed batches of 4, over the default mesh (every
+    device of every process); the same in every process. Returns (params, last batch, metrics)."""
+    from jaxstyle import losses, train
+    from jaxstyle.models import transformer
+    caffe = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
+    vgg = vgg19.init(jax.random.key(0), caffe, last_layer="relu1_2")
+    rng = np.random.default_rng(0)
+    photos = rng.random((12, 16, 16, 3), dtype=np.float32)
+    cfg = Config(content_layers=("relu1_2",), style_layers=("relu1_1",), content_weight=0.05,
+                 style_weight=1.0, tv_weight=1e-6)
+    tl = train.make_loss(vgg, [rng.random((1, 16, 16, 3), dtype=np.float32)], [1.0],
+                         losses.LossSpec.from_config(cfg))
+    params = transformer.init(jax.random.key(1), 0.25)
+    state = train.replicate((params, train.init_optimizer(params, 1e-2)))
+    step = train.make_step(tl)
+    for i in range(3):
+        batch = train.shard_batch(photos[4 * i:4 * i + 4])  # every host passes the whole batch
+        params, opt_state, metrics = step(*state, batch)
+        state = (params, opt_state)
+    return params, batch, metrics
+
+
+def test_training_over_two_processes_equals_one_process(tmp_path):
+    records, report = _records(tmp_path, TRAIN_WORKER)
+    for r in records:
+        # The batch of 4 was split over the two processes' devices, two photos each.
+        assert (r["devices"], r["batch_shards"], r["batch_global"]) == (2, [2], [4, 16, 16, 3]), report
+    for a, b in zip(records[0]["params"], records[1]["params"]):
+        np.testing.assert_array_equal(a, b)  # replicated parameters stay identical on every host
+    params, _, metrics = train_steps()  # this process alone: one device
+    assert len(jax.devices()) == 1
+    np.testing.assert_allclose(records[0]["loss"], float(metrics["loss"]), rtol=1e-4)
+    from jaxstyle.models import transformer
+    treedef = jax.tree.structure(params)
+    two = jax.tree.unflatten(treedef, [np.asarray(x, np.float32) for x in records[0]["params"]])
+    photos = np.random.default_rng(5).random((2, 16, 16, 3), dtype=np.float32)
+    # The networks' outputs, not their parameters (see test_train's sharded test: a conv bias
+    # before an instance norm gets a rounding-noise gradient that Adam scales to a full step;
+    # measured here: 1.1e-3 at most). A step on the wrong data, or gradients not summed over the
+    # processes, moves every parameter by ~lr = 1e-2 and the outputs by far more than this.
+    error = np.abs(np.asarray(transformer.apply(two, photos)) - np.asarray(transformer.apply(params, photos)))
+    assert error.max() < 5e-3 and error.mean() < 5e-4, (error.max(), error.mean())
