@@ -39,15 +39,30 @@ from jaxstyle.bench.options import DEFAULT_CONTENT, DEFAULT_REFERENCE, DEFAULT_S
 WEIGHTS = ["--content-weight", "1e4", "--style-weight", "1e9", "--tv-weight", repr(2 / 255**2)]
 
 
+def _run(command: list[str], env: dict | None = None) -> tuple[str, float, float]:
+    """Runs ``command`` to completion: (stdout, wall seconds, the child's own peak RSS in GiB).
+    A failure raises CalledProcessError with its stderr."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(process.pid, 0)  # unlike wait(), gives this child's rusage
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if process.returncode:
+            raise subprocess.CalledProcessError(process.returncode, command, out.read(), err.read())
+        return out.read(), wall, usage.ru_maxrss / 2**20
+
+
 def reference_trace(reference: Path, size: int, evals: int, content: Path, style: Path,
-                    weights: Path) -> tuple[list[dict], float]:
+                    weights: Path) -> tuple[list[dict], float, float]:
+    """The reference's loss trace, its process wall time and its peak RSS (GiB)."""
     command = [sys.executable, str(reference), "--size", str(size), "--optimizer", "lbfgs",
                "--iters", str(evals), "--content", str(content), "--style", str(style),
                "--save-weights", str(weights), "--trace", "10"]
-    start = time.perf_counter()
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    wall = time.perf_counter() - start
-    return [json.loads(line) for line in out.splitlines() if '"loss_clamped"' in line], wall
+    out, wall, rss = _run(command)
+    return [json.loads(line) for line in out.splitlines() if '"loss_clamped"' in line], wall, rss
 
 
 def reference_seconds_to(trace: list[dict], loss: float) -> float | None:
@@ -102,11 +117,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         weights = tmp / "vgg19.pth"
-        trace, ref_wall = reference_trace(reference, args.size, args.evals, content, style, weights)
+        trace, ref_wall, ref_rss = reference_trace(reference, args.size, args.evals, content, style,
+                                                   weights)
         last = trace[-1]
         print(json.dumps({"impl": "torch-reference", "size": args.size, "evals": last["evals"],
                           "seconds": last["seconds"], "loss_clamped": last["loss_clamped"],
-                          "process_wall_s": round(ref_wall, 2)}), flush=True)
+                          "process_wall_s": round(ref_wall, 2),
+                          "process_peak_rss_gib": round(ref_rss, 3)}), flush=True)
         images = {}
         for name, path in (("content", content), ("style", style)):
             images[name] = tmp / f"{name}.png"
@@ -129,14 +146,14 @@ def main(argv=None) -> int:
                            env=env, capture_output=True, check=True)
             out.unlink()
             cached = _count_files(tmp / "cache")
-            start = time.perf_counter()
-            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-            wall = time.perf_counter() - start
+            stdout, wall, rss = _run(command, env)
             loss = png_loss(out, images["content"], images["style"], weights)
             reached = reference_seconds_to(trace, loss)
             record = {"impl": "jaxstyle stylize", "flags": variant or "(default schedule)",
                       "size": args.size, "process_wall_s": round(wall, 2), "png_loss": loss,
-                      "log": (done.stdout.strip().splitlines() or [""])[-1],
+                      "log": (stdout.strip().splitlines() or [""])[-1],
+                      "process_peak_rss_gib": round(rss, 3),
+                      "peak_rss_over_reference": round(rss / ref_rss, 3),
                       "reference_seconds_to_png_loss": reached,
                       "ratio_vs_reference_to_png_loss": reached and round(wall / reached, 3),
                       "reference_loss_at_evals": target["loss_clamped"],
