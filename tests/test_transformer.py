@@ -66,3 +66,24 @@ def test_gradients_match_torch(params):
         ref = leaves[jax.tree_util.keystr(k)].grad.numpy()
         np.testing.assert_allclose(np.asarray(g), ref, rtol=1e-3, atol=1e-5 * scale,
                                    err_msg=jax.tree_util.keystr(k))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("band", [0, 1, 2, 6])
+def test_kernel_gradient_products_equal_the_plain_gradient(stride, band):
+    """Every way `_valid_conv` splits its kernel gradient (one product, per row, bands of rows)
+    equals XLA's own gradient of the plain convolution (the tiny images above only take the
+    single product, which larger ones do not)."""
+    rng = np.random.default_rng(6)
+    xp = jnp.asarray(rng.standard_normal((2, 14, 10, 5)), jnp.float32)  # sizes the network pads to
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 5, 4)), jnp.float32)
+    y, vjp = jax.vjp(lambda k: transformer._valid_conv_plain(xp, k, stride), kernel)
+    dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    assert band == 0 or (y.shape[0] * y.shape[1]) % band == 0  # 2·12 rows (stride 1) or 2·6 (2)
+    got = transformer._kernel_gradient(xp, dy, 3, stride, band)
+    np.testing.assert_allclose(got, vjp(dy)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_gradient_band_choice():
+    assert transformer._kernel_gradient_band(4, 64, 64) == 0  # one product over every pixel
+    assert transformer._kernel_gradient_band(4, 128, 128) == 1  # one per output row
