@@ -21,6 +21,7 @@ OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "style", "image")
 NORMALIZATIONS = ("neural-style", "gatys")
 DTYPES = ("float32", "bfloat16")
+HISTORY_DTYPES = ("float32", "bfloat16")
 STYLE_LOSSES = ("gram", "w2")
 LOSS_SCALES = ("absolute", "relative")
 MIN_PYRAMID_SIDE = 64  # the coarsest scale `Config.num_scales` makes, in pixels (long side)
@@ -43,6 +44,9 @@ class Config:
     Optimization:
       optimizer: "lbfgs" (history ``lbfgs_memory``, no line search, first step capped at unit
         gradient norm, like torch.optim.LBFGS in neural-style) or "adam" (``learning_rate``).
+      lbfgs_history_dtype: "float32" (default) or "bfloat16": the dtype the L-BFGS curvature
+        pairs are stored in; bfloat16 halves the history (2·memory images), the arithmetic stays
+        float32.
       learning_rate: Adam's step in [0, 1] pixel units (neural-style's 10 on its 0–255 scale ≈ 0.04).
         L-BFGS scales its step by it too (1.0: the quasi-Newton step).
       num_iterations: optimizer steps per scale. One step is one loss+gradient evaluation.
@@ -104,6 +108,7 @@ class Config:
     optimizer: str = "lbfgs"
     learning_rate: float | None = None
     lbfgs_memory: int = 100
+    lbfgs_history_dtype: str = "float32"
     num_iterations: int = 1000
 
     image_size: int = 512
@@ -208,6 +213,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"learning rate must be > 0; got {cfg.learning_rate}")
     if cfg.lbfgs_memory < 1:
         raise ConfigError(f"L-BFGS memory must be >= 1; got {cfg.lbfgs_memory}")
+    _check_choice("L-BFGS history dtype", cfg.lbfgs_history_dtype, HISTORY_DTYPES)
     if cfg.num_iterations < 1:
         raise ConfigError(f"number of iterations must be >= 1; got {cfg.num_iterations}")
     if cfg.num_scales < 1:

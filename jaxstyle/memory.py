@@ -33,7 +33,8 @@ def run_bytes(cfg: Config, height: int, width: int, problems: int = 1, num_style
     n = problems * height * width
     images = 1 + 2 + (1 if cfg.average > 0 else 0) + (1 if cfg.keep_best else 0)
     if cfg.optimizer == "lbfgs":
-        images += 2 * cfg.lbfgs_memory
+        # A bfloat16 history holds each pair at half a float32 image's bytes.
+        images += 2 * cfg.lbfgs_memory * (0.5 if cfg.lbfgs_history_dtype == "bfloat16" else 1)
     else:
         images += 2
     style_px = num_styles * (cfg.style_scale * max(height, width)) ** 2
@@ -70,7 +71,8 @@ def check_fits(cfg: Config, height: int, width: int, available: int, where: str,
     hint = (f"--image-size {size} would fit" if size else "even 16 px would not fit")
     extra = ""
     if cfg.optimizer == "lbfgs" and cfg.lbfgs_memory > 20:
-        extra = ", or lower --lbfgs-memory (its history is 24 bytes per pixel per pair)"
+        pair = 12 if cfg.lbfgs_history_dtype == "bfloat16" else 24
+        extra = f", or lower --lbfgs-memory (its history is {pair} bytes per pixel per pair)"
     if problems > 1:
         extra += ", or lower --batch-size"
     raise JaxstyleError(

@@ -19,6 +19,9 @@ def test_estimate_grows_with_size_history_and_batch_and_the_named_size_fits():
     assert memory.FIXED_BYTES < small < big
     # The L-BFGS history alone at 512², memory 100: 2·100·512²·12 bytes = 0.59 GiB.
     assert big - memory.run_bytes(Config(lbfgs_memory=1), 512, 512) == 2 * 99 * 512**2 * 12
+    # In bfloat16 the history takes half: 2·100·512²·6 bytes less.
+    half = memory.run_bytes(Config(lbfgs_history_dtype="bfloat16"), 512, 512)
+    assert big - half == 2 * 100 * 512**2 * 6
     assert memory.run_bytes(cfg, 512, 512, problems=4) > 3 * (big - memory.FIXED_BYTES)
     available = 8 * GIB
     size = memory.largest_fitting_size(cfg, 3000, 4000, available)

@@ -22,8 +22,8 @@ from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, add_weights_flags
                                  warn)
 from jaxstyle.cli.sweep import SWEEP_FLAGS, run_sweep, sweep_axis
 from jaxstyle.cli.watch import open_watch, web_address
-from jaxstyle.config import (DTYPES, INITS, NORMALIZATIONS, OPTIMIZERS, PRESETS, RELATIVE_WEIGHTS,
-                             STYLE_LOSSES, Config, from_preset)
+from jaxstyle.config import (DTYPES, HISTORY_DTYPES, INITS, NORMALIZATIONS, OPTIMIZERS, PRESETS,
+                             RELATIVE_WEIGHTS, STYLE_LOSSES, Config, from_preset)
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.files import atomic_write
 from jaxstyle.imageops import fit_long_side
@@ -85,6 +85,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--learning-rate", type=positive(float),
                    help="Adam step in [0,1] pixel units (default 0.04) / L-BFGS step scale (default 1)")
     g.add_argument("--lbfgs-memory", type=positive(int))
+    g.add_argument("--lbfgs-history-dtype", choices=HISTORY_DTYPES,
+                   help="the dtype L-BFGS stores its curvature pairs in; bfloat16 halves the "
+                        "history, the largest part of a run's memory (default: float32)")
     g.add_argument("--num-iterations", type=positive(int),
                    help=f"the cap on iterations per scale (default {d.num_iterations})")
     g.add_argument("--seed", type=int, default=d.seed)
@@ -175,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         style_layer_weights=args.style_layer_weights, **weights,
         style_blend_weights=args.style_blend_weights, normalization=args.normalization,
         optimizer=args.optimizer, learning_rate=args.learning_rate, lbfgs_memory=args.lbfgs_memory,
+        lbfgs_history_dtype=args.lbfgs_history_dtype,
         num_iterations=args.num_iterations, image_size=size, scales=args.scales,
         num_scales=args.num_scales, coarse_iterations=args.coarse_iterations,
         style_scale=style_scale, init=args.init, init_image=args.init_image, seed=args.seed,
