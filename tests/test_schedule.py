@@ -234,6 +234,10 @@ def test_cli_default_is_the_pyramid_and_neural_style_is_one_scale():
     assert parse("--num-scales", "1").all_scales == (512,)  # the default --image-size
     assert parse("--image-size", "256", "--coarse-iterations", "7").scale_iterations[:2] == (7, 7)
     assert parse("--scales", "100,200").all_scales == (100, 200)
+    history = parse("--lbfgs-history-dtype", "bfloat16")
+    assert history.lbfgs_history_dtype == "bfloat16"
+    assert optimize.Method.from_config(history).history_dtype == "bfloat16"
+    assert parse().lbfgs_history_dtype == "float32"
 
 
 def test_pyramid_runs_each_coarse_scale_to_its_cap_then_the_full_size(problem):
