@@ -35,6 +35,9 @@ import time
 from pathlib import Path
 
 from jaxstyle.bench.options import DEFAULT_CONTENT, DEFAULT_REFERENCE, DEFAULT_STYLE, _find_shared
+from jaxstyle.bench.processes import run_child
+
+MAX_SECONDS = 6 * 3600  # a 1024 px reference run of 400 evaluations takes ~2 hours on 2 cores
 
 WEIGHTS = ["--content-weight", "1e4", "--style-weight", "1e9", "--tv-weight", repr(2 / 255**2)]
 
@@ -42,17 +45,12 @@ WEIGHTS = ["--content-weight", "1e4", "--style-weight", "1e9", "--tv-weight", re
 def _run(command: list[str], env: dict | None = None) -> tuple[str, float, float]:
     """Runs ``command`` to completion: (stdout, wall seconds, the child's own peak RSS in GiB).
     A failure raises CalledProcessError with its stderr."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(process.pid, 0)  # unlike wait(), gives this child's rusage
-        wall = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if process.returncode:
-            raise subprocess.CalledProcessError(process.returncode, command, out.read(), err.read())
-        return out.read(), wall, usage.ru_maxrss / 2**20
+    start = time.perf_counter()
+    done = run_child(command, MAX_SECONDS, env=env if env is not None else dict(os.environ))
+    wall = time.perf_counter() - start
+    if done.returncode:
+        raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
+    return done.stdout, wall, done.max_rss_bytes / 2**30
 
 
 def reference_trace(reference: Path, size: int, evals: int, content: Path, style: Path,

@@ -68,11 +68,13 @@ def _child_env(devices: int = 1) -> dict[str, str]:
     return env
 
 
-def run_child(command: Sequence[str], max_seconds: float, devices: int = 1) -> ChildResult:
-    """Runs ``command`` to completion (killed after ``max_seconds``), keeping its own peak RSS."""
+def run_child(command: Sequence[str], max_seconds: float, devices: int = 1,
+              env: dict[str, str] | None = None) -> ChildResult:
+    """Runs ``command`` to completion (killed after ``max_seconds``), keeping its own peak RSS.
+    env: the child's environment (default: this one, with ``devices`` simulated CPU devices)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(list(command), stdout=out, stderr=err,
-                                   env=_child_env(devices))
+                                   env=env if env is not None else _child_env(devices))
         expired = threading.Event()
 
         def kill() -> None:
