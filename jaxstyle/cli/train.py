@@ -5,8 +5,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -202,48 +205,51 @@ def run(args: argparse.Namespace) -> int:
     bar = progress_bar(args.steps, "step", args.quiet, desc="train", initial=step)
     loader = data.Loader(files, args.batch_size, args.image_size, args.seed, position, args.workers)
     started, images_done, waited = time.perf_counter(), 0, 0.0
-    in_flight = None  # the batch of a step dispatched but not yet counted
+    # Ctrl-C only asks the loop to stop after the step in flight: the step donates params and
+    # opt_state, and an interrupt between its dispatch and the assignment of its results would
+    # leave nothing valid to save. A second Ctrl-C stops at once, without writing.
+    stop = _StopRequest()
     try:
-        for batch in loader:
-            # The step donates the old params and opt_state: hold on to the new ones at once (a
-            # non-finite step returns the old values unchanged).
-            params, opt_state, m = step_fn(params, opt_state,
-                                           train_lib.shard_batch(batch.images, mesh))
-            in_flight = batch
-            m = {k: float(v) for k, v in m.items()}  # waits for the step: where Ctrl-C lands
-            in_flight = None
-            if not m["finite"]:
-                bar.close()
-                write_net(params, step)
-                raise JaxstyleError(
-                    f"the loss became NaN or infinite at step {step + 1}; kept the last finite "
-                    f"network in {output}. Lower --style-weight (or --learning-rate) and run again")
-            step, position = step + 1, batch.position
-            images_done += len(batch.images)
-            waited += batch.wait_s
-            elapsed = time.perf_counter() - started
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4g}", content=f"{m['content']:.3g}",
-                            style=f"{m['style']:.3g}", tv=f"{m['tv']:.3g}",
-                            img_s=f"{images_done / elapsed:.1f}", data_wait=f"{waited / elapsed:.0%}",
-                            refresh=False)
-            if log is not None and (step % args.print_iter == 0 or step >= args.steps):
-                log.scalars(output.stem, step, {k: m[k] for k in ("loss", "content", "style", "tv")},
-                            {"images_per_s": images_done / elapsed, "data_wait": waited / elapsed})
-            if args.checkpoint_every and step % args.checkpoint_every == 0:
-                write_checkpoint()
-            if step >= args.steps:
-                break
-    except KeyboardInterrupt:
-        bar.close()
-        loader.close()
-        if in_flight is not None and bool(m["finite"]):  # let the dispatched step count
-            step, position = step + 1, in_flight.position
-        write_checkpoint()
-        write_net(params, step)
-        print(f"jaxstyle: interrupted at step {step}; wrote {output} and {checkpoint}; continue "
-              "with --resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        with stop.on_ctrl_c():
+            for batch in loader:
+                if stop.requested:
+                    break
+                params, opt_state, m = step_fn(params, opt_state,
+                                               train_lib.shard_batch(batch.images, mesh))
+                m = {k: float(v) for k, v in m.items()}  # waits for the step
+                if not m["finite"]:  # the step returned the old params and opt_state unchanged
+                    bar.close()
+                    write_net(params, step)
+                    raise JaxstyleError(
+                        f"the loss became NaN or infinite at step {step + 1}; kept the last finite "
+                        f"network in {output}. Lower --style-weight (or --learning-rate) and run "
+                        "again")
+                step, position = step + 1, batch.position
+                images_done += len(batch.images)
+                waited += batch.wait_s
+                elapsed = time.perf_counter() - started
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.4g}", content=f"{m['content']:.3g}",
+                                style=f"{m['style']:.3g}", tv=f"{m['tv']:.3g}",
+                                img_s=f"{images_done / elapsed:.1f}",
+                                data_wait=f"{waited / elapsed:.0%}", refresh=False)
+                if log is not None and (step % args.print_iter == 0 or step >= args.steps):
+                    log.scalars(output.stem, step,
+                                {k: m[k] for k in ("loss", "content", "style", "tv")},
+                                {"images_per_s": images_done / elapsed,
+                                 "data_wait": waited / elapsed})
+                if args.checkpoint_every and step % args.checkpoint_every == 0:
+                    write_checkpoint()
+                if step >= args.steps or stop.requested:
+                    break
+        if stop.requested and step < args.steps:
+            bar.close()
+            loader.close()
+            write_checkpoint()
+            write_net(params, step)
+            print(f"jaxstyle: interrupted at step {step}; wrote {output} and {checkpoint}; "
+                  "continue with --resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
     finally:
         loader.close()
         if log is not None:
@@ -257,3 +263,27 @@ def run(args: argparse.Namespace) -> int:
               f"{loader.skipped[0]})", file=sys.stderr)
     print(f"wrote {output} ({step} steps)", file=sys.stderr if args.quiet else sys.stdout)
     return 0
+
+
+class _StopRequest:
+    """A first Ctrl-C (SIGINT) sets ``requested``; a second raises KeyboardInterrupt as usual."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def on_ctrl_c(self):
+        """Installs the handler for the block (main thread only; elsewhere Ctrl-C is Python's)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
