@@ -34,7 +34,8 @@ from jax import lax
 from jaxstyle.errors import ConfigError
 
 __all__ = ["TransformerNet", "channels_for_width", "init", "forward", "apply", "base_channels",
-           "num_params", "reflect_pad", "upsample2x", "instance_norm"]
+           "num_params", "reflect_pad", "upsample2x", "instance_norm", "upsampled_conv",
+           "phase_kernels"]
 
 Array = jax.Array
 Params = Any  # a nested dict of arrays, as above
@@ -92,6 +93,40 @@ def _conv(x: Array, kernel: Array, bias: Array, stride: int) -> Array:
     # 9x9 ones those lose on this CPU (32 -> 3 at 256², batch 4: 1.5 s against XLA's 0.3 s).
     conv = _valid_conv if k == 3 else _valid_conv_plain
     return conv(xp, kernel.astype(x.dtype), stride) + bias.astype(x.dtype)
+
+
+# Nearest 2x upsampling followed by a reflection-padded 3x3 conv, as one 2x2 conv on the small
+# image. Output pixel (2i + a, 2j + b) sees upsampled rows 2i + a - 1 .. 2i + a + 1, i.e. rows
+# {i - 1, i} of the small image for a = 0 and {i, i + 1} for a = 1, each with some of the 3x3
+# kernel's rows summed; columns alike. So the four output phases are four 2x2 kernels over the
+# small image, stacked as one kernel with 4·Cout outputs: 16 taps per small pixel instead of 36,
+# in the forward pass and both gradients. The reflection padding of the upsampled image is, on
+# the rows the conv reads, the upsampled edge padding of the small one (its row -1 is row 1 =
+# small row 0). 256 px, batch 4, forward + backward: up1 318 -> 100 ms, up2 479 -> 151 ms.
+_PHASE_TAPS = np.array([[[1, 0, 0], [0, 1, 1]],    # phase 0: tap 0 <- kernel row 0; tap 1 <- 1 + 2
+                        [[1, 1, 0], [0, 0, 1]]],   # phase 1: tap 0 <- 0 + 1; tap 1 <- 2
+                       np.float32)                 # [phase, tap, kernel row]
+
+
+def phase_kernels(kernel: Array) -> Array:
+    """float[3, 3, Cin, Cout] -> float[2, 2, Cin, 4·Cout], outputs ordered (row phase, column
+    phase, Cout): the 2x2 kernels of `upsampled_conv`."""
+    taps = jnp.asarray(_PHASE_TAPS, kernel.dtype)
+    k = jnp.einsum("arh,bsw,hwio->rsiabo", taps, taps, kernel)
+    return k.reshape(2, 2, kernel.shape[2], 4 * kernel.shape[3])
+
+
+def upsampled_conv(x: Array, kernel: Array, bias: Array) -> Array:
+    """``_conv(upsample2x(x), kernel, bias, 1)`` for a 3x3 ``kernel``, computed on the small image
+    (see `_PHASE_TAPS`): float[B, H, W, Cin] -> float[B, 2H, 2W, Cout]."""
+    b, h, w, _ = x.shape
+    c = kernel.shape[3]
+    xe = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    y = _valid_conv(xe, phase_kernels(kernel).astype(x.dtype), 1)  # [B, H+1, W+1, 4·Cout]
+    y = y.reshape(b, h + 1, w + 1, 2, 2, c)
+    # Phase (a, b) of small pixel (i, j) is at y[i + a, j + b]; interleave into the big image.
+    rows = [jnp.stack([y[:, a:a + h, p:p + w, a, p] for p in range(2)], axis=3) for a in range(2)]
+    return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, c) + bias.astype(x.dtype)
 
 
 def _valid_conv_plain(xp: Array, kernel: Array, stride: int) -> Array:
@@ -180,6 +215,7 @@ class Conv(nn.Module):
     features: int
     kernel_size: int
     stride: int = 1
+    upsample: bool = False  # nearest 2x upsampling first (3x3 kernels only; see `upsampled_conv`)
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -191,6 +227,8 @@ class Conv(nn.Module):
         uniform = lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -bound, bound)  # noqa: E731
         kernel = self.param("kernel", uniform, (k, k, x.shape[-1], self.features))
         bias = self.param("bias", uniform, (self.features,))
+        if self.upsample:
+            return upsampled_conv(x.astype(self.dtype), kernel, bias)
         return _conv(x.astype(self.dtype), kernel, bias, self.stride)
 
 
@@ -211,9 +249,8 @@ class ConvNormReLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        if self.upsample:
-            x = upsample2x(x)
-        x = Conv(self.features, self.kernel_size, self.stride, self.dtype, name="conv")(x)
+        x = Conv(self.features, self.kernel_size, self.stride, self.upsample, self.dtype,
+                 name="conv")(x)
         return nn.relu(InstanceNorm(name="norm")(x))
 
 
