@@ -84,7 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--optimizer", choices=OPTIMIZERS)
     g.add_argument("--learning-rate", type=positive(float),
                    help="Adam step in [0,1] pixel units (default 0.04) / L-BFGS step scale (default 1)")
-    g.add_argument("--lbfgs-memory", type=positive(int))
+    g.add_argument("--lbfgs-memory", type=positive(int),
+                   help=f"curvature pairs L-BFGS keeps (default {PRESETS['fast']['lbfgs_memory']}; "
+                        f"neural-style: {d.lbfgs_memory})")
     g.add_argument("--lbfgs-history-dtype", choices=HISTORY_DTYPES,
                    help="the dtype L-BFGS stores its curvature pairs in; bfloat16 halves the "
                         "history, the largest part of a run's memory (default: float32)")
