@@ -249,8 +249,8 @@ PRESETS: dict[str, dict] = {
     # The default of `jaxstyle stylize`: chosen by time to quality (docs/performance.md).
     # 64 → 128 → 256 px at 256 px: 150 steps at most at each coarse scale, then the full size
     # until the loss improves by less than 0.25 % over 20 steps. An L-BFGS history of 50 pairs:
-    # the same time to quality as 100 at 256 and 512 px, half the history's memory (512 px peak
-    # 2.22 -> 1.88 GiB); 20 fell slightly behind at 256 px, 10 clearly.
+    # time to quality as with 100 at 512 px and within 2 % at 256 px, half the history's memory
+    # (512 px peak 2.22 -> 1.88 GiB, under the reference's); 20 fell behind at 256 px, 10 clearly.
     "fast": dict(num_scales=3, coarse_iterations=150, stop_tolerance=0.0025, stop_window=20,
                  lbfgs_memory=50),
     # jcjohnson/neural-style exactly: Config's defaults (1000 L-BFGS steps, no early stop).

@@ -238,7 +238,7 @@ def test_cli_default_is_the_pyramid_and_neural_style_is_one_scale():
     assert history.lbfgs_history_dtype == "bfloat16"
     assert optimize.Method.from_config(history).history_dtype == "bfloat16"
     assert parse().lbfgs_history_dtype == "float32"
-    # The default keeps 50 L-BFGS pairs (measured: same time to quality, half the memory);
+    # The default keeps 50 L-BFGS pairs (measured: time to quality within 2 %, half the memory);
     # neural-style's 100 with its preset, and whatever is asked for.
     assert parse().lbfgs_memory == 50
     assert parse("--preset", "neural-style").lbfgs_memory == 100
