@@ -39,7 +39,9 @@ from jaxstyle.bench.processes import run_child
 
 MAX_SECONDS = 6 * 3600  # a 1024 px reference run of 400 evaluations takes ~2 hours on 2 cores
 
-WEIGHTS = ["--content-weight", "1e4", "--style-weight", "1e9", "--tv-weight", repr(2 / 255**2)]
+# The reference's loss weights (torch_reference.py's defaults, on [0, 1] images), and as flags.
+REFERENCE_WEIGHTS = dict(content_weight=1e4, style_weight=1e9, tv_weight=2 / 255**2)
+WEIGHTS = [a for k, v in REFERENCE_WEIGHTS.items() for a in ("--" + k.replace("_", "-"), repr(v))]
 
 
 def _run(command: list[str], env: dict | None = None) -> tuple[str, float, float]:
@@ -89,7 +91,7 @@ def png_loss(png: Path, content: Path, style: Path, weights: Path) -> float:
     def read(path):
         return jnp.asarray(np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0)[None]
 
-    cfg = Config(content_weight=1e4, style_weight=1e9, tv_weight=2 / 255**2)
+    cfg = Config(**REFERENCE_WEIGHTS)
     spec = losses.LossSpec.from_config(cfg)
     vgg = vgg19.load(weights, source="torchvision")
     targets = losses.targets(vgg, read(content), [read(style)], [1.0], spec)

@@ -25,13 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstyle import losses, optimize, vgg19
+from jaxstyle.bench.cli_quality import REFERENCE_WEIGHTS
 from jaxstyle.bench.options import DEFAULT_CONTENT, DEFAULT_STYLE
 from jaxstyle.bench.processes import REPOSITORY_ROOT
 from jaxstyle.config import Config
 from jaxstyle.imageops import resize
 
-# The reference's loss weights (torch_reference.py's defaults, on [0, 1] images).
-WEIGHTS = dict(content_weight=1e4, style_weight=1e9, tv_weight=2 / 255**2)
 TRACE_EVERY = 10
 
 
@@ -117,7 +116,7 @@ def main(argv=None) -> int:
     if len(full) != 1:
         p.error("every schedule must end at the same size")
     size = full.pop()
-    cfg = Config(**WEIGHTS, image_size=size)
+    cfg = Config(**REFERENCE_WEIGHTS, image_size=size)
     spec = losses.LossSpec.from_config(cfg)
     vgg = optimize.prepared(vgg19.load(args.weights, source="torchvision"), spec)
     content, style = _read(args.content, size)[None], _read(args.style, size)
