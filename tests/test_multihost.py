@@ -148,12 +148,11 @@ TRAIN_WORKER = textwrap.dedent("""
     from jax.experimental import multihost_utils
     sys.path.insert(0, sys.argv[3])
     from test_multihost import train_steps
-    params, batch, metrics, first = train_steps()
+    params, batch, first = train_steps()
     shards = [s.data.shape[0] for s in batch.addressable_shards]
     params = multihost_utils.process_allgather(params, tiled=True)  # replicated: the same on both
     print(json.dumps({"process": jax.process_index(), "devices": len(jax.devices()),
                       "batch_shards": shards, "batch_global": list(batch.shape),
-                      "loss": float(metrics["loss"]),
                       "params": [np.asarray(x).tolist() for x in jax.tree.leaves(params)],
                       "first": {k: np.asarray(x).tolist() for k, x in first.items()}}))
     jax.distributed.shutdown()
@@ -162,8 +161,8 @@ TRAIN_WORKER = textwrap.dedent("""
 
 def train_steps():
     """Three training steps of a tiny network on fixed batches of 4, over the default mesh (every
-    device of every process); the same in every process. Returns (params, last batch, its metrics,
-    the first step's {"loss", "mu", "nu"}: its loss and Adam's moments of its gradient, flat)."""
+    device of every process); the same in every process. Returns (params, the last batch, the
+    first step's {"loss", "mu", "nu"}: its loss and Adam's moments of its gradient, flat)."""
     from jaxstyle import losses, train
     from jaxstyle.models import transformer
     caffe = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
@@ -187,7 +186,7 @@ def train_steps():
             first = {m: np.concatenate([np.ravel(x) for k, x in jax.tree_util.tree_leaves_with_path(
                          moments) if f".{m}[" in jax.tree_util.keystr(k)]) for m in ("mu", "nu")}
             first["loss"] = np.float32(metrics["loss"])
-    return params, batch, metrics, first
+    return params, batch, first
 
 
 def test_training_over_two_processes_equals_one_process(tmp_path):
@@ -197,7 +196,7 @@ def test_training_over_two_processes_equals_one_process(tmp_path):
         assert (r["devices"], r["batch_shards"], r["batch_global"]) == (2, [2], [4, 16, 16, 3]), report
     for a, b in zip(records[0]["params"], records[1]["params"]):
         np.testing.assert_array_equal(a, b)  # replicated parameters stay identical on every host
-    _, _, _, first = train_steps()  # this process alone: one device
+    _, _, first = train_steps()  # this process alone: one device
     assert len(jax.devices()) == 1
     # The first step, from the same parameters: its loss and gradient (Adam's moments) over two
     # hosts equal one process's. Not the parameters after three steps: a gradient entry at

@@ -6,7 +6,7 @@ then the full size until the stopping rule or ``--max-steps``), on the PyTorch r
 network (``torch_reference.py --save-weights``) and loss weights, with every program compiled
 before the clock starts. Prints one JSON line per run: the full-size loss every 10 steps with
 the seconds so far, the final float loss and the loss of the image rounded to 8 bits (what a PNG
-holds). Runs alternate in one process, so their times compare; the loss at a given step count
+holds). The runs follow each other in one process, so their times compare; the loss at a given step count
 does not depend on the machine.
 
   python -m jaxstyle.bench.schedules --weights vgg19.pth --schedule 64:150,128:150,256 \\
@@ -59,7 +59,7 @@ def run(vgg, spec, content, style, schedule, memory: int, tolerance: float, wind
         losses.targets(vgg, resize(content, size, size), [resize(style, size, size)[None]],
                        jnp.ones(1), spec), 1) for size, _ in schedule]
 
-    def optimized(steps: list[int], trace: list) -> jax.Array:
+    def optimized(steps: list[int], trace: list, t0: float) -> jax.Array:
         image = content
         for index, ((size, _), targets) in enumerate(zip(schedule, problems)):
             last = index == len(schedule) - 1
@@ -81,11 +81,10 @@ def run(vgg, spec, content, style, schedule, memory: int, tolerance: float, wind
 
     # One step per scale first: every program (step counts are runtime values), resize and
     # stopping test compiled before the clock starts.
-    t0 = time.perf_counter()
-    optimized([1] * len(schedule), [])
+    optimized([1] * len(schedule), [], time.perf_counter())
     trace = []
     t0 = time.perf_counter()
-    image = optimized([steps for _, steps in schedule[:-1]] + [max_steps], trace)
+    image = optimized([steps for _, steps in schedule[:-1]] + [max_steps], trace, t0)
     seconds = time.perf_counter() - t0
     full_targets = losses.targets(vgg, content, [style[None]], jnp.ones(1), spec)
 
