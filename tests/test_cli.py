@@ -82,6 +82,24 @@ def test_same_seed_same_image(capsys, images, keras_safetensors, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_16_bit_output_is_the_8_bit_image_before_rounding(capsys, images, keras_safetensors,
+                                                          tmp_path):
+    import png  # an independent decoder: Pillow reads a 16-bit RGB PNG as 8 bits
+
+    outs = {8: tmp_path / "a.png", 16: tmp_path / "b.png"}
+    for depth, out in outs.items():
+        code, _, err = run(capsys, *stylize_args(images, keras_safetensors, out, "--seed", "7",
+                                                 "--bit-depth", depth))
+        assert code == 0, err
+    eight = np.asarray(Image.open(outs[8]), np.float64) / 255
+    width, height, rows, info = png.Reader(filename=str(outs[16])).read()
+    assert info["bitdepth"] == 16 and (width, height) == (32, 24)
+    sixteen = np.array([list(r) for r in rows], np.float64).reshape(height, width, 3) / 65535
+    # The same float image under both roundings; 16 bits keep what 8 bits round away.
+    assert np.abs(sixteen - eight).max() <= 0.5 / 255 + 0.5 / 65535 + 1e-9
+    assert np.abs(sixteen - eight).mean() > 0.1 / 255
+
+
 def test_ctrl_c_keeps_latest_image_and_resume_finishes(capsys, images, keras_safetensors, tmp_path,
                                                        monkeypatch):
     real = stylize_lib.stylize_batch
@@ -250,13 +268,15 @@ def _bad_input_cases(images, weights, tmp_path):
                             "corrupt.safetensors"),
         "init image missing": (["stylize", c, "--style", s, "-o", out, "--init", "image"],
                                "--init-image"),
+        "16 bits not png": (["stylize", c, "--style", s, "-o", tmp_path / "o.jpg", "--bit-depth",
+                             "16"], "o.png"),
     }
 
 
 CASES = ["missing content", "non-image content", "truncated content", "missing style",
          "output is input", "output dir blocked", "unknown format", "unknown layer",
          "layer weights count", "zero size", "tiny size", "negative weight", "zero iterations",
-         "missing weights", "corrupt weights", "init image missing"]
+         "missing weights", "corrupt weights", "init image missing", "16 bits not png"]
 
 
 @pytest.mark.parametrize("case", CASES)

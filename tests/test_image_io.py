@@ -289,6 +289,50 @@ def test_save_accepts_jax_array(tmp_path):
     assert np.asarray(Image.open(path)).tolist() == [[[128] * 3] * 4] * 3
 
 
+def _read_png16(path) -> tuple[np.ndarray, dict]:
+    """uint16[H, W, 3] and the header, decoded by pypng (an independent PNG implementation)."""
+    import png
+
+    width, height, rows, info = png.Reader(filename=str(path)).read()
+    return np.array([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, 3), info
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (33, 20)])
+def test_16_bit_png_holds_every_value_to_one_65535th(tmp_path, shape):
+    rng = np.random.default_rng(3)
+    image = rng.random(shape + (3,)).astype(np.float32)
+    image[0, 0] = [-0.5, 1.5, np.nan]  # clipped, NaN → 0, as in 8 bits
+    if shape[0] > 1:
+        image[1, :] = np.linspace(0.0, 1.0, shape[1])[:, None]  # a smooth ramp (the Sub filter)
+    path = save_image(image, tmp_path / "deep.png", bit_depth=16)
+    values, info = _read_png16(path)
+    assert info["bitdepth"] == 16 and info["planes"] == 3 and not info["alpha"]
+    expected = np.clip(np.nan_to_num(image.astype(np.float64)), 0.0, 1.0) * 65535.0
+    assert np.abs(values - expected).max() <= 0.5 + 1e-6
+    with Image.open(path) as im:  # Pillow reads it too (its 8 bits are the high bytes)
+        assert im.size == (shape[1], shape[0])
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), values >> 8)
+
+
+def test_16_bit_png_differs_from_8_bit_where_8_bits_round(tmp_path):
+    image = np.full((2, 2, 3), 100.3 / 255, np.float32)
+    eight = np.asarray(Image.open(save_image(image, tmp_path / "a.png")))
+    sixteen, _ = _read_png16(save_image(image, tmp_path / "b.png", bit_depth=16))
+    assert (eight == 100).all()
+    assert (sixteen == round(100.3 / 255 * 65535)).all()  # 25775, not 100 x 257 = 25700
+
+
+@pytest.mark.parametrize("name", ["o.jpg", "o.tif", "o.webp"])
+def test_16_bit_needs_a_png_and_writes_nothing_else(tmp_path, name):
+    message = _error(save_image, np.zeros((2, 2, 3)), tmp_path / name, bit_depth=16)
+    assert ".png" in message and "--bit-depth" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_bit_depth_is_refused(tmp_path):
+    assert "8 or 16" in _error(save_image, np.zeros((2, 2, 3)), tmp_path / "o.png", bit_depth=12)
+
+
 @pytest.mark.parametrize("ext, fmt", [(".jpg", "JPEG"), (".webp", "WEBP"), (".bmp", "BMP"),
                                       (".tiff", "TIFF"), (".gif", "GIF")])
 def test_save_formats(tmp_path, ext, fmt):

@@ -313,6 +313,19 @@ def test_train_resume_equals_uninterrupted_and_apply(capsys, photos, style_file,
     code, _, err = run(capsys, "apply", full, frames / "f0.png", "-o", single, "--image-size", 24,
                        "--original-colors", "-q")
     assert code == 0 and Image.open(single).size == (24, 19), err
+    # 16 bits per channel: PNG outputs whatever the input's format, the forward pass unrounded.
+    import png  # an independent decoder: Pillow reads a 16-bit RGB PNG as 8 bits
+
+    Image.open(frames / "f1.png").save(frames / "f1.jpg", quality=95)
+    deep = tmp_path / "deep"
+    code, _, err = run(capsys, "apply", full, frames / "f0.png", frames / "f1.jpg", "-o", deep,
+                       "--bit-depth", 16, "-q")
+    assert code == 0 and sorted(p.name for p in deep.iterdir()) == ["f0.png", "f1.png"], err
+    image = np.asarray(Image.open(frames / "f0.png"), np.float32)[None] / 255
+    alone = np.asarray(transformer.apply(params, image))[0]
+    width, height, rows, _ = png.Reader(filename=str(deep / "f0.png")).read()
+    written = np.array([list(r) for r in rows], np.float32).reshape(height, width, 3) / 65535
+    assert np.abs(written - np.clip(alone, 0, 1)).max() <= 0.5 / 65535 + 1e-5
 
 
 def test_bad_inputs_are_one_line_errors(capsys, photos, style_file, keras_safetensors, tmp_path):

@@ -39,6 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive(int), default=4,
                    help="images of one shape per compiled call (default 4)")
     p.add_argument("--compute-dtype", choices=DTYPES, default="float32")
+    p.add_argument("--bit-depth", type=int, choices=image_io.BIT_DEPTHS, default=8,
+                   help="bits per colour channel of the outputs (default 8); 16 writes 48-bit PNGs")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -48,9 +50,11 @@ def _stylize(params, images, dtype):
     return transformer.apply(params, images, jnp.dtype(dtype))
 
 
-def output_path(outdir: Path, path: Path) -> Path:
-    """``outdir/<name>``, keeping the input's format where jaxstyle can write it, else PNG."""
-    suffix = path.suffix if path.suffix.lower() in image_io.OUTPUT_FORMATS else ".png"
+def output_path(outdir: Path, path: Path, bit_depth: int = 8) -> Path:
+    """``outdir/<name>``, keeping the input's format where jaxstyle can write it at ``bit_depth``
+    bits per channel, else PNG."""
+    keep = path.suffix.lower() in image_io.OUTPUT_FORMATS and bit_depth == 8
+    suffix = path.suffix if keep else ".png"
     return outdir / f"{path.stem}{suffix}"
 
 
@@ -63,12 +67,12 @@ def run(args: argparse.Namespace) -> int:
     single = len(paths) == 1 and not Path(args.inputs[0]).is_dir()
     out = Path(args.output)
     if single:
-        targets = {paths[0]: image_io.check_output_path(out, [args.net, *paths])}
+        targets = {paths[0]: image_io.check_output_path(out, [args.net, *paths], args.bit_depth)}
     else:
         if out.suffix.lower() in image_io.OUTPUT_FORMATS:
             raise JaxstyleError(f"several inputs need an output directory, not '{out}'; use e.g. "
                                 "-o stylized/")
-        targets = {p: output_path(out, p) for p in paths}
+        targets = {p: output_path(out, p, args.bit_depth) for p in paths}
         if len(set(targets.values())) < len(targets):
             raise JaxstyleError("two inputs have the same name; their outputs would collide")
         out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         path, image, content = item
         if args.original_colors:
             image = image_io.original_colors(image, content)
-        image_io.save_image(image, targets[path], [args.net, *paths])
+        image_io.save_image(image, targets[path], [args.net, *paths], args.bit_depth)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         for start in range(0, len(paths), CHUNK):

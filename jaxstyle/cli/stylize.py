@@ -138,6 +138,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gif-every", type=positive(int), default=20, metavar="N")
     g.add_argument("--resume", action="store_true",
                    help=f"continue from OUTPUT{CHECKPOINT_SUFFIX} left by an interrupted run")
+    g.add_argument("--bit-depth", type=int, choices=image_io.BIT_DEPTHS, default=8,
+                   help="bits per colour channel of the output (default 8); 16 writes a 48-bit "
+                        "PNG that keeps the optimized image (8-bit rounding adds noise the loss "
+                        "sees, mostly as total variation)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     g = p.add_argument_group("several content images (a list or folders; -o is a directory)")
     g.add_argument("--batch-size", type=positive(int), default=4,
@@ -296,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
         return run_many(args, cfg)  # several images: outputs into a directory
     check_guidance_flags(args, cfg, has_content=bool(contents))
     inputs = [*contents, *args.style, args.init_image, *_guidance_inputs(args)]
-    output = image_io.check_output_path(args.output, inputs)
+    output = image_io.check_output_path(args.output, inputs, args.bit_depth)
     if args.gif:
         image_io.check_output_path(args.gif, inputs)
     long_side = max(cfg.all_scales)
@@ -343,7 +347,8 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix(loss=f"{float(p.state.loss[0]):.4g}",
                         **{k: f"{v:.3g}" for k, v in terms.items()}, refresh=False)
         if args.save_iter and p.iteration % args.save_iter == 0 and p.iteration < p.num_iterations:
-            image_io.save_image(finish_image(last["images"]), _snapshot_path(output, done))
+            image_io.save_image(finish_image(last["images"]), _snapshot_path(output, done),
+                                bit_depth=args.bit_depth)
             save_checkpoint(checkpoint, last["images"], p.scale_index, p.iteration, cfg)
         if args.gif and p.iteration % args.gif_every == 0:
             frames.append(finish_image(last["images"]))
@@ -358,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
         if not last:
             print("jaxstyle: interrupted before the first image; nothing written", file=sys.stderr)
             return EXIT_INTERRUPTED
-        image_io.save_image(finish_image(last["images"]), output)
+        image_io.save_image(finish_image(last["images"]), output, bit_depth=args.bit_depth)
         save_checkpoint(checkpoint, last["images"], last["scale_index"], last["iteration"], cfg)
         print(f"jaxstyle: interrupted; wrote the latest image to {output}; continue with --resume",
               file=sys.stderr)
@@ -371,14 +376,14 @@ def run(args: argparse.Namespace) -> int:
         # that image. No checkpoint: resuming with the same settings would run out again.
         wrote = ""
         if last:
-            image_io.save_image(finish_image(last["images"]), output)
+            image_io.save_image(finish_image(last["images"]), output, bit_depth=args.bit_depth)
             wrote = f"; wrote the latest image to {output}"
         raise out_of_memory_error(e, wrote) from e
     reason = stop_reason(result, cfg)
     bar.set_postfix_str(f"{bar.postfix}, {reason}" if bar.postfix else reason, refresh=True)
     bar.close()
     # `stylize_batch` already applied original colours to its result.
-    image_io.save_image(result.images[0], output)
+    image_io.save_image(result.images[0], output, bit_depth=args.bit_depth)
     if args.gif and frames:
         frames.append(result.images[0])
         gif = Path(args.gif)
@@ -472,7 +477,7 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
             loaded[path] = image_io.load_image(path, long_side, role="content image")
             for style, _ in pairs:
                 image_io.check_output_path(output_path(outdir, path, style),
-                                           [*contents, *style_paths])
+                                           [*contents, *style_paths], args.bit_depth)
         except JaxstyleError as e:
             skipped.append(path)
             loaded.pop(path, None)
@@ -502,7 +507,8 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
         offset += bar.total // len(pairs)
         if jax.process_index() == 0:  # every host holds every result; one writes
             for name, result in zip(names, results):
-                image_io.save_image(result.images[0], output_path(outdir, name, style))
+                image_io.save_image(result.images[0], output_path(outdir, name, style),
+                                    bit_depth=args.bit_depth)
                 if result.diverged[0]:
                     diverged.append(name)
                 converged += bool(result.converged is not None and result.converged[0])

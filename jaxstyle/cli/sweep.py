@@ -95,7 +95,7 @@ def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
                                   **{k: getattr(Config(), k) for k in loss_weights})
     cells = sweep_lib.grid(cfg, axes)
     inputs = [*args.content, *args.style, args.init_image]
-    output = image_io.check_output_path(args.output, inputs)
+    output = image_io.check_output_path(args.output, inputs, args.bit_depth)
     files = cell_paths(output, len(cells))
     for f in files:
         image_io.check_output_path(f, inputs)
@@ -131,8 +131,8 @@ def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
     bar.close()
     images = [r.images[0] for r in results]
     for image, f in zip(images, files):
-        image_io.save_image(image, f, inputs)
-    image_io.save_image(contact_sheet(images, labels), output, inputs)
+        image_io.save_image(image, f, inputs, args.bit_depth)
+    image_io.save_image(contact_sheet(images, labels), output, inputs, args.bit_depth)
     listing = [{"file": f.name, "settings": {name: (list(v) if isinstance(v, tuple) else v)
                                              for name, v in zip(names, settings.values())}}
                for f, (settings, _) in zip(files, cells)]
