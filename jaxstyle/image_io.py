@@ -63,7 +63,8 @@ def load_image(path: PathLike, long_side: int | None = None, role: str = "image"
     The EXIF orientation is applied, so the array is upright as a viewer shows it. Every Pillow
     mode is accepted: 1/L/P/RGB/CMYK/YCbCr are converted to RGB; transparency (RGBA, LA, PA, P or L
     with a transparent colour, premultiplied RGBa/La) is composited on WHITE; 16-bit grayscale
-    (I;16*, and I, taken as 0–65535 and clipped) is divided by 65535 without passing through
+    (I;16*, and I, taken as 0–65535 and clipped) and 16-bit RGB/RGBA PNGs (such as
+    ``save_image(..., bit_depth=16)`` writes) are divided by 65535 without passing through
     8 bits; F (float) is taken as already in [0, 1] and clipped. Grayscale becomes three equal
     channels. Only the first frame of an animation is read.
 
@@ -80,8 +81,12 @@ def load_image(path: PathLike, long_side: int | None = None, role: str = "image"
         raise JaxstyleError(f"{role} '{path}' is a directory; give the path of an image file")
     try:
         with Image.open(path) as im:
+            deep = _is_deep_png(im)  # before load(): the tile still names the raw mode
             im.load()  # Pillow decodes lazily: force it now so truncation is reported here
             pil = ImageOps.exif_transpose(im)
+            orientation = im.getexif().get(_ORIENTATION, 1)
+        if deep:  # Pillow holds 16-bit RGB(A) as 8 bits (the high bytes): decode all 16 here
+            image = _orient(_composite(_png16_pixels(path.read_bytes()) / 65535.0), orientation)
     except FileNotFoundError as e:
         raise JaxstyleError(f"{role} '{path}' not found; check the path") from e
     except PermissionError as e:
@@ -94,11 +99,12 @@ def load_image(path: PathLike, long_side: int | None = None, role: str = "image"
         raise JaxstyleError(
             f"{role} '{path}' is too large to open safely ({_one_line(e)}); downscale it first"
         ) from e
-    except _DECODE_ERRORS as e:
+    except (*_DECODE_ERRORS, zlib.error) as e:
         raise JaxstyleError(
             f"{role} '{path}' is truncated or corrupt ({_one_line(e)}); re-export or re-download it"
         ) from e
-    image = _to_float_rgb(pil)
+    if not deep:
+        image = _to_float_rgb(pil)
     if long_side is not None:
         image = resize(image, *fit_long_side(image.shape[0], image.shape[1], long_side))
     return image
@@ -129,6 +135,15 @@ def collect_images(paths: Sequence[PathLike]) -> list[Path]:
     return found
 
 
+def _composite(rgba: np.ndarray) -> np.ndarray:
+    """float[H, W, 3 or 4] in [0, 1] → float32[H, W, 3]: an alpha channel composited on white."""
+    rgba = rgba.astype(np.float32)
+    if rgba.shape[-1] == 3:
+        return rgba
+    rgb, alpha = rgba[..., :3], rgba[..., 3:]
+    return rgb * alpha + (1.0 - alpha)  # over white: transparent areas read as paper
+
+
 def _to_float_rgb(im: Image.Image) -> np.ndarray:
     """A decoded Pillow image of any mode → float32[H, W, 3] in [0, 1] (see ``load_image``)."""
     if im.mode in _INT_MODES or im.mode == "F":
@@ -138,10 +153,84 @@ def _to_float_rgb(im: Image.Image) -> np.ndarray:
         return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=-1)
     bands = im.getbands()
     if "A" in bands or "a" in bands or "transparency" in im.info:
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-        rgb, alpha = rgba[..., :3], rgba[..., 3:]
-        return rgb * alpha + (1.0 - alpha)  # over white: transparent areas read as paper
+        return _composite(np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0)
     return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+_ORIENTATION = 0x0112  # the EXIF tag
+# EXIF orientation → the numpy operation that makes the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    return np.ascontiguousarray(_UPRIGHT.get(orientation, lambda a: a)(image))
+
+
+def _is_deep_png(im: Image.Image) -> bool:
+    """A non-interlaced 16-bit RGB or RGBA PNG without a transparent colour: the files that
+    ``_png16_pixels`` decodes (Pillow would keep only their high bytes). Call before ``load()``."""
+    rawmode = im.tile[0].args if im.format == "PNG" and len(im.tile) == 1 else None
+    return (rawmode in ("RGB;16B", "RGBA;16B") and not im.info.get("interlace")
+            and "transparency" not in im.info)
+
+
+def _png16_pixels(data: bytes) -> np.ndarray:
+    """The uint16[H, W, 3 or 4] pixels of a non-interlaced 16-bit RGB(A) PNG file's bytes."""
+    header, idat, pos = None, [], 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", data[pos + 8:pos + 21])
+        elif kind == b"IDAT":
+            idat.append(data[pos + 8:pos + 8 + length])
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None:
+        raise ValueError("no IHDR chunk")
+    width, height, _, colour, _, _, _ = header
+    channels = 4 if colour == 6 else 3
+    stride = width * 2 * channels
+    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
+    if raw.size < height * (stride + 1):
+        raise ValueError(f"image data ends early ({raw.size} of {height * (stride + 1)} bytes)")
+    rows = raw[:height * (stride + 1)].reshape(height, stride + 1)
+    if rows[:, 0].max(initial=0) > 4:
+        raise ValueError(f"unknown row filter type {rows[:, 0].max()}")
+    unfiltered = _unfilter(rows[:, 0], rows[:, 1:].reshape(height, width, 2 * channels))
+    return unfiltered.view(">u2").reshape(height, width, channels).astype(np.uint16)
+
+
+def _unfilter(filters: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Undo PNG's per-row filters. filters: uint8[H] (0 none, 1 sub, 2 up, 3 average, 4 Paeth);
+    rows: uint8[H, W, B], B bytes per pixel. Returns uint8[H, W, B].
+
+    A byte is predicted from the bytes of the pixels left, above and above-left of it, after those
+    are decoded. So the pixels of one anti-diagonal (r + x = d) depend only on earlier diagonals
+    and are decoded together: H + W - 1 vectorized steps instead of H·W.
+    """
+    height, width, _ = rows.shape
+    out = np.zeros((height + 1, width + 1, rows.shape[2]), np.int32)  # a zero row and column
+    for d in range(height + width - 1):
+        r = np.arange(max(0, d - width + 1), min(height, d + 1))
+        x = d - r
+        left, up, up_left = out[r + 1, x], out[r, x + 1], out[r, x]
+        p = left + up - up_left
+        pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - up_left)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, up_left))
+        kind = filters[r][:, None]
+        predicted = np.select([kind == 1, kind == 2, kind == 3, kind == 4],
+                              [left, up, (left + up) >> 1, paeth], 0)
+        out[r + 1, x + 1] = (rows[r, x] + predicted) & 255
+    return out[1:, 1:].astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------- resizing

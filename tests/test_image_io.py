@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from jaxstyle import image_io
 from jaxstyle.errors import JaxstyleError
@@ -320,6 +320,89 @@ def test_16_bit_png_differs_from_8_bit_where_8_bits_round(tmp_path):
     sixteen, _ = _read_png16(save_image(image, tmp_path / "b.png", bit_depth=16))
     assert (eight == 100).all()
     assert (sixteen == round(100.3 / 255 * 65535)).all()  # 25775, not 100 x 257 = 25700
+
+
+def _spec_png16(values: np.ndarray, filters: list[int], exif: bytes | None = None) -> bytes:
+    """A 16-bit RGB(A) PNG of uint16[H, W, C], each row filtered as the PNG specification's
+    section 9 says, byte by byte (slow and literal: an independent encoder for the decoder)."""
+    import zlib
+
+    height, width, channels = values.shape
+    bpp = 2 * channels
+    lines = [list(values[r].astype(">u2").tobytes()) for r in range(height)]
+    body = b""
+    for r, kind in enumerate(filters):
+        line, prior = lines[r], lines[r - 1] if r else [0] * len(lines[r])
+        out = []
+        for i, byte in enumerate(line):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prior[i], (prior[i - bpp] if i >= bpp else 0)
+            p = a + b - c
+            paeth = a if abs(p - a) <= abs(p - b) and abs(p - a) <= abs(p - c) else (
+                b if abs(p - b) <= abs(p - c) else c)
+            out.append((byte - [0, a, b, (a + b) // 2, paeth][kind]) % 256)
+        body += bytes([kind] + out)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes(
+        [16, 6 if channels == 4 else 2, 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + (chunk(b"eXIf", exif) if exif else b"") + chunk(b"IDAT", zlib.compress(body))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16_bit_rgb_png_is_read_at_16_bits_with_every_row_filter(tmp_path, channels):
+    rng = np.random.default_rng(channels)
+    values = rng.integers(0, 65536, (10, 6, channels), dtype=np.uint16)
+    values[3] = values[2] + 7  # rows and pixels that predict well, as well as noise
+    values[:, 4] = values[:, 3]
+    values[4:7] = rng.integers(0, 4, (3, 6, channels)) * 257  # few byte values
+    # A Paeth tie (row 4 is Paeth-filtered): left 3, up 0, up-left 2 in every byte; the
+    # specification breaks |p - up| = |p - up-left| towards up.
+    values[3, 0], values[3, 1], values[4, 0] = 2 * 257, 0, 3 * 257
+    path = tmp_path / "deep.png"
+    path.write_bytes(_spec_png16(values, [0, 1, 2, 3, 4, 4, 3, 2, 1, 0]))
+    out = load_image(path)
+    expected = values[..., :3] / 65535
+    if channels == 4:  # composited on white, as 8-bit RGBA is
+        alpha = values[..., 3:] / 65535
+        expected = expected * alpha + (1 - alpha)
+    assert out.dtype == np.float32 and out.shape == (10, 6, 3)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    with Image.open(path) as im:  # Pillow decodes the same file to the same high bytes
+        high = np.asarray(im.convert("RGBA" if channels == 4 else "RGB"))
+    np.testing.assert_array_equal(high, values >> 8)
+
+
+def test_16_bit_png_written_by_jaxstyle_reads_back_exactly(tmp_path):
+    image = np.random.default_rng(5).random((9, 14, 3)).astype(np.float32)
+    path = save_image(image, tmp_path / "deep.png", bit_depth=16)
+    assert np.abs(load_image(path) - image).max() <= 0.5 / 65535 + 1e-7
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_16_bit_png_exif_orientation_as_pillow_applies_it(tmp_path, orientation):
+    values = np.random.default_rng(orientation).integers(0, 65536, (4, 7, 3), dtype=np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "turned.png"
+    path.write_bytes(_spec_png16(values, [1] * 4, exif.tobytes()[6:]))  # eXIf: no "Exif\0\0"
+    with Image.open(path) as im:
+        upright_high = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    out = load_image(path)
+    np.testing.assert_array_equal(np.round(out * 65535).astype(np.uint16) >> 8, upright_high)
+
+
+def test_16_bit_png_with_broken_data_is_one_line(tmp_path):
+    data = _spec_png16(np.zeros((4, 4, 3), np.uint16), [0] * 4)
+    start = data.index(b"IDAT") + 4
+    path = tmp_path / "broken.png"
+    path.write_bytes(data[:start] + bytes(8) + data[start + 8:])  # zlib stream corrupted
+    assert "broken.png" in _error(load_image, path, role="content image")
 
 
 @pytest.mark.parametrize("name", ["o.jpg", "o.tif", "o.webp"])
