@@ -27,7 +27,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 from jax import lax
 
-from jaxstyle import losses
+from jaxstyle import losses, pyramid
 from jaxstyle.models import vgg19
 from jaxstyle.config import Config
 
@@ -46,15 +46,18 @@ class Method:
     learning_rate: float = 1.0
     memory: int = 100
     history_dtype: str = "float32"
+    pyramid_levels: int = 1
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Method":
-        return cls(cfg.optimizer, cfg.step_size, cfg.lbfgs_memory, cfg.lbfgs_history_dtype)
+        return cls(cfg.optimizer, cfg.step_size, cfg.lbfgs_memory, cfg.lbfgs_history_dtype,
+                   cfg.lbfgs_pyramid)
 
     def transformation(self) -> optax.GradientTransformation:
         if self.name == "adam":
             return optax.adam(self.learning_rate)
-        return optax.chain(scale_by_lbfgs(self.memory, self.history_dtype),
+        return optax.chain(scale_by_lbfgs(self.memory, self.history_dtype,
+                                          pyramid.as_preconditioner(self.pyramid_levels)),
                            optax.scale(-self.learning_rate))
 
 
@@ -74,7 +77,8 @@ class LBFGSState(NamedTuple):
     previous_grad: Array
 
 
-def scale_by_lbfgs(memory_size: int = 100, history_dtype: str = "float32"
+def scale_by_lbfgs(memory_size: int = 100, history_dtype: str = "float32",
+                   precondition: Callable[[Array], Array] | None = None
                    ) -> optax.GradientTransformation:
     """The L-BFGS direction H·g (to be scaled by −lr), for a single array parameter.
 
@@ -87,7 +91,12 @@ def scale_by_lbfgs(memory_size: int = 100, history_dtype: str = "float32"
     history_dtype "bfloat16" stores the pairs rounded to 8 mantissa bits (half the memory: the
     history is 2·memory images, 0.6 GB at 512 px in float32); sᵀy, γ and the recursion's
     arithmetic stay float32.
+
+    precondition: a symmetric positive definite linear map M on the parameter, the initial
+    inverse Hessian's shape (γ·M instead of γ·I, γ = sᵀy / yᵀMy), e.g. `pyramid.metric`. None is
+    the identity.
     """
+    metric = precondition or (lambda x: x)
 
     def init(params: Array) -> LBFGSState:
         mem = jnp.zeros((memory_size,) + params.shape, history_dtype)
@@ -110,17 +119,19 @@ def scale_by_lbfgs(memory_size: int = 100, history_dtype: str = "float32"
             s=store(state.s, s), y=store(state.y, y),
             rho=store(state.rho, 1.0 / jnp.where(accept, sy, 1.0)),
             stored=state.stored + accept.astype(jnp.int32),
-            gamma=jnp.where(accept, sy / jnp.vdot(y, y), state.gamma),
+            gamma=jnp.where(accept, sy / jnp.vdot(y, metric(y)), state.gamma),
             count=state.count + 1, previous_params=params, previous_grad=grad)
-        direction = _two_loop(grad, new, memory_size)
-        first_step = grad * jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(grad)))
+        direction = _two_loop(grad, new, memory_size, metric)
+        first_step = metric(grad) * jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(grad)))
         return jnp.where(new.stored > 0, direction, first_step), new
 
     return optax.GradientTransformation(init, update)
 
 
-def _two_loop(grad: Array, state: LBFGSState, memory_size: int) -> Array:
-    """H·grad by the two-loop recursion over the stored pairs (Nocedal & Wright, Alg. 7.4)."""
+def _two_loop(grad: Array, state: LBFGSState, memory_size: int,
+              metric: Callable[[Array], Array]) -> Array:
+    """H·grad by the two-loop recursion over the stored pairs (Nocedal & Wright, Alg. 7.4), from
+    the initial inverse Hessian γ·metric."""
     valid = jnp.minimum(state.stored, memory_size)
 
     def newest_first(j, carry):
@@ -132,7 +143,7 @@ def _two_loop(grad: Array, state: LBFGSState, memory_size: int) -> Array:
     # Trip counts are the number of stored pairs (a runtime value): no work on empty slots.
     q, alpha = lax.fori_loop(0, valid, newest_first,
                              (grad, jnp.zeros((memory_size,), grad.dtype)))
-    r = state.gamma * q
+    r = state.gamma * metric(q)
 
     def oldest_first(j, r):
         i = (state.stored - valid + j) % memory_size

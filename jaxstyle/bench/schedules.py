@@ -53,8 +53,8 @@ def parse_schedule(text: str) -> list[tuple[int, int | None]]:
 
 
 def run(vgg, spec, content, style, schedule, memory: int, tolerance: float, window: int,
-        max_steps: int) -> dict:
-    method = optimize.Method("lbfgs", 1.0, memory)
+        max_steps: int, pyramid_levels: int = 1) -> dict:
+    method = optimize.Method("lbfgs", 1.0, memory, pyramid_levels=pyramid_levels)
     problems = [optimize.problem_targets(
         losses.targets(vgg, resize(content, size, size), [resize(style, size, size)[None]],
                        jnp.ones(1), spec), 1) for size, _ in schedule]
@@ -92,7 +92,8 @@ def run(vgg, spec, content, style, schedule, memory: int, tolerance: float, wind
         return float(losses.total_loss(vgg, x, full_targets, spec)[0])
 
     rounded = jnp.round(image * 255) / 255
-    return {"schedule": schedule, "memory": memory, "seconds": round(seconds, 2),
+    return {"schedule": schedule, "memory": memory, "pyramid_levels": pyramid_levels,
+            "seconds": round(seconds, 2),
             "full_size_steps": trace[-1][0], "loss": loss(image), "loss_8bit": loss(rounded),
             "trace": trace}
 
@@ -106,6 +107,8 @@ def main(argv=None) -> int:
     p.add_argument("--schedule", action="append", default=[],
                    help="SIZE:STEPS,...,SIZE (repeatable; default 64:150,128:150,256)")
     p.add_argument("--memories", default="100", help="L-BFGS memories to try, comma-separated")
+    p.add_argument("--pyramids", default="1",
+                   help="L-BFGS pyramid levels to try, comma-separated (1: plain L-BFGS)")
     p.add_argument("--stop-tolerance", type=float, default=0.0025)
     p.add_argument("--stop-window", type=int, default=20)
     p.add_argument("--max-steps", type=int, default=400, help="cap on full-size steps")
@@ -121,9 +124,10 @@ def main(argv=None) -> int:
     content, style = _read(args.content, size)[None], _read(args.style, size)
     for schedule in schedules:
         for memory in (int(m) for m in args.memories.split(",")):
-            record = run(vgg, spec, content, style, schedule, memory, args.stop_tolerance,
-                         args.stop_window, args.max_steps)
-            print(json.dumps(record), flush=True)
+            for levels in (int(v) for v in args.pyramids.split(",")):
+                record = run(vgg, spec, content, style, schedule, memory, args.stop_tolerance,
+                             args.stop_window, args.max_steps, levels)
+                print(json.dumps(record), flush=True)
     return 0
 
 

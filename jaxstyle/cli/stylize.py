@@ -87,6 +87,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lbfgs-memory", type=positive(int),
                    help=f"curvature pairs L-BFGS keeps (default {PRESETS['fast']['lbfgs_memory']}; "
                         f"neural-style: {d.lbfgs_memory})")
+    g.add_argument("--lbfgs-pyramid", type=positive(int), metavar="LEVELS",
+                   help="precondition L-BFGS with an image pyramid of this many levels, so the "
+                        "image's large-scale structure converges as fast as its detail (default "
+                        f"{PRESETS['fast']['lbfgs_pyramid']}; neural-style: {d.lbfgs_pyramid}, "
+                        "plain L-BFGS)")
     g.add_argument("--lbfgs-history-dtype", choices=HISTORY_DTYPES,
                    help="the dtype L-BFGS stores its curvature pairs in; bfloat16 halves the "
                         "history, the largest part of a run's memory (default: float32)")
@@ -184,7 +189,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         style_layer_weights=args.style_layer_weights, **weights,
         style_blend_weights=args.style_blend_weights, normalization=args.normalization,
         optimizer=args.optimizer, learning_rate=args.learning_rate, lbfgs_memory=args.lbfgs_memory,
-        lbfgs_history_dtype=args.lbfgs_history_dtype,
+        lbfgs_history_dtype=args.lbfgs_history_dtype, lbfgs_pyramid=args.lbfgs_pyramid,
         num_iterations=args.num_iterations, image_size=size, scales=args.scales,
         num_scales=args.num_scales, coarse_iterations=args.coarse_iterations,
         style_scale=style_scale, init=args.init, init_image=args.init_image, seed=args.seed,

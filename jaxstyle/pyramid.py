@@ -1,0 +1,55 @@
+"""An image pyramid as a preconditioner for L-BFGS: the slow, large-scale part of the image made
+as quick to optimize as its details.
+
+In pixel space a gradient step moves every pixel on its own, so the loss's large-scale structure
+(smooth areas, layout, colour regions) converges many steps after the details. Optimizing instead
+a Laplacian-style pyramid of levels, image = Σₖ Uₖ zₖ (Uₖ upsamples level k, 2ᵏ times smaller,
+bilinearly), gives each coarse level a gradient that sums its 4ᵏ pixels. For L-BFGS that
+reparameterization is the same as keeping the image as the variable and starting the
+inverse-Hessian estimate from the metric M = Σₖ Uₖ Uₖᵀ instead of the identity (the iterates map
+one to one, and the curvature pairs keep image size: the memory stays what it was).
+"""
+
+from __future__ import annotations
+
+import jax
+
+Array = jax.Array
+
+
+def level_shape(shape: tuple[int, ...], k: int) -> tuple[int, ...]:
+    """The shape [⌈H/2ᵏ⌉, ⌈W/2ᵏ⌉, C] of level k of an image of ``shape`` [H, W, C]."""
+    height, width, channels = shape
+    return (-(-height // 2**k), -(-width // 2**k), channels)
+
+
+def upsample(level: Array, shape: tuple[int, ...]) -> Array:
+    """Uₖ: float32[h, w, C] -> float32[*shape], bilinear."""
+    return jax.image.resize(level, shape, "linear")
+
+
+def metric(x: Array, levels: int) -> Array:
+    """M x = Σ_{k < levels} Uₖ Uₖᵀ x (U₀ = identity): symmetric, positive definite, and the identity
+    for ``levels`` = 1. x: float32[H, W, C] (one image; vmap for several)."""
+    out = x
+    for k in range(1, levels):
+        small = jax.ShapeDtypeStruct(level_shape(x.shape, k), x.dtype)
+        up = lambda z: upsample(z, x.shape)  # noqa: E731
+        (down,) = jax.linear_transpose(up, small)(x)
+        out = out + up(down)
+    return out
+
+
+def synthesize(levels: list[Array], shape: tuple[int, ...]) -> Array:
+    """Σₖ Uₖ zₖ: the image that pyramid levels [z₀ (full size), z₁, ...] stand for."""
+    return sum(upsample(z, shape) if k else z for k, z in enumerate(levels))
+
+
+def as_preconditioner(levels: int):
+    """``metric`` with its level count bound, or None for 1 level (plain L-BFGS)."""
+    if levels <= 1:
+        return None
+    return lambda x: metric(x, levels)
+
+
+__all__ = ["level_shape", "upsample", "metric", "synthesize", "as_preconditioner"]
