@@ -49,7 +49,9 @@ class Config:
         float32.
       lbfgs_pyramid: L-BFGS preconditioned by an image pyramid of this many levels (each half
         the size of the one before; `jaxstyle.pyramid`): large-scale structure converges as fast
-        as detail. 1 (default here, as neural-style) is plain L-BFGS.
+        as detail. 1 (the default, in every preset) is plain L-BFGS. 5 reached the reference's
+        quality ~3x sooner with the reference's (absolute) loss weights, but was unstable at the
+        start of each scale with the relative ones (docs/performance.md).
       learning_rate: Adam's step in [0, 1] pixel units (neural-style's 10 on its 0–255 scale ≈ 0.04).
         L-BFGS scales its step by it too (1.0: the quasi-Newton step).
       num_iterations: optimizer steps per scale. One step is one loss+gradient evaluation.
@@ -258,7 +260,7 @@ PRESETS: dict[str, dict] = {
     # time to quality as with 100 at 512 px and within 2 % at 256 px, half the history's memory
     # (512 px peak 2.22 -> 1.88 GiB, under the reference's); 20 fell behind at 256 px, 10 clearly.
     "fast": dict(num_scales=3, coarse_iterations=150, stop_tolerance=0.0025, stop_window=20,
-                 lbfgs_memory=50, lbfgs_pyramid=5),
+                 lbfgs_memory=50),
     # jcjohnson/neural-style exactly: Config's defaults (1000 L-BFGS steps, no early stop).
     "neural-style": dict(),
 }

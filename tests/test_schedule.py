@@ -243,6 +243,12 @@ def test_cli_default_is_the_pyramid_and_neural_style_is_one_scale():
     assert parse().lbfgs_memory == 50
     assert parse("--preset", "neural-style").lbfgs_memory == 100
     assert parse("--lbfgs-memory", "7").lbfgs_memory == 7
+    # The pyramid preconditioner is asked for (plain L-BFGS in every preset).
+    assert optimize.Method.from_config(parse()).pyramid_levels == 1
+    assert optimize.Method.from_config(parse("--preset", "neural-style")).pyramid_levels == 1
+    assert optimize.Method.from_config(parse("--lbfgs-pyramid", "5")).pyramid_levels == 5
+    with pytest.raises(ValueError, match="pyramid"):
+        Config(lbfgs_pyramid=0)
 
 
 def test_pyramid_runs_each_coarse_scale_to_its_cap_then_the_full_size(problem):
