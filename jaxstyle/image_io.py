@@ -83,7 +83,7 @@ def load_image(path: PathLike, long_side: int | None = None, role: str = "image"
         with Image.open(path) as im:
             deep = _is_deep_png(im)  # before load(): the tile still names the raw mode
             im.load()  # Pillow decodes lazily: force it now so truncation is reported here
-            pil = ImageOps.exif_transpose(im)
+            pil = None if deep else ImageOps.exif_transpose(im)
             orientation = im.getexif().get(_ORIENTATION, 1)
         if deep:  # Pillow holds 16-bit RGB(A) as 8 bits (the high bytes): decode all 16 here
             image = _orient(_composite(_png16_pixels(path.read_bytes()) / 65535.0), orientation)

@@ -12,6 +12,8 @@ one to one, and the curvature pairs keep image size: the memory stays what it wa
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 
 Array = jax.Array
@@ -40,16 +42,8 @@ def metric(x: Array, levels: int) -> Array:
     return out
 
 
-def synthesize(levels: list[Array], shape: tuple[int, ...]) -> Array:
-    """Σₖ Uₖ zₖ: the image that pyramid levels [z₀ (full size), z₁, ...] stand for."""
-    return sum(upsample(z, shape) if k else z for k, z in enumerate(levels))
-
-
-def as_preconditioner(levels: int):
+def as_preconditioner(levels: int) -> Callable[[Array], Array] | None:
     """``metric`` with its level count bound, or None for 1 level (plain L-BFGS)."""
     if levels <= 1:
         return None
     return lambda x: metric(x, levels)
-
-
-__all__ = ["level_shape", "upsample", "metric", "synthesize", "as_preconditioner"]
