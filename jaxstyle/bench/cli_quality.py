@@ -10,7 +10,7 @@ PyTorch reference's L-BFGS, side by side in one invocation.
    timed (whole-process wall time: start-up, loading, compile-cache reads, its stopping rule),
    with the reference's network and loss weights (content 1e4, style 1e9, TV 2/255², so the loss
    is the reference's) and no schedule flag, plus the variants given with ``--variant``.
-4. The PNG it wrote is read back (8 or 16 bits, by pypng) and its loss computed (jaxstyle's loss on the reference's
+4. The PNG it wrote is read back (8 or 16 bits, `image_io.load_image`) and its loss computed (jaxstyle's loss on the reference's
    network: the two agree to 7 digits, docs/performance.md); the reference's time to that loss is
    read off its trace (linear between trace points).
 
@@ -83,20 +83,12 @@ def reference_seconds_to(trace: list[dict], loss: float) -> float | None:
 def png_loss(png: Path, content: Path, style: Path, weights: Path) -> float:
     """jaxstyle's loss (the reference's weights) of the written PNG, on the reference's network."""
     import jax.numpy as jnp
-    import numpy as np
-    from PIL import Image
 
-    from jaxstyle import losses, vgg19
+    from jaxstyle import image_io, losses, vgg19
     from jaxstyle.config import Config
 
-    def read(path):
-        if Path(path).suffix.lower() == ".png":  # pypng: a 16-bit PNG at all of its 16 bits
-            import png
-
-            width, height, rows, info = png.Reader(filename=str(path)).asRGB()
-            pixels = np.array([np.asarray(r, np.float32) for r in rows]).reshape(height, width, 3)
-            return jnp.asarray(pixels / (2 ** info["bitdepth"] - 1))[None]
-        return jnp.asarray(np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0)[None]
+    def read(path):  # a 16-bit PNG at all of its 16 bits
+        return jnp.asarray(image_io.load_image(path))[None]
 
     cfg = Config(**REFERENCE_WEIGHTS)
     spec = losses.LossSpec.from_config(cfg)
