@@ -171,6 +171,9 @@ def enable_compilation_cache(args: argparse.Namespace) -> None:
              "--no-compile-cache silences this")
         return
     jax.config.update("jax_compilation_cache_dir", str(path))
+    # JAX caches only programs that took >= 1 s to compile; a run also builds ~50 small ones
+    # (targets, resizes, statistics) that took ~2 s together to compile in every process.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def available_memory() -> tuple[int, str]:
