@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,8 +64,9 @@ class Method:
 class LBFGSState(NamedTuple):
     """History of one L-BFGS problem. s, y: [memory, *shape] ring buffers (float32, or bfloat16 to
     halve the largest part of a run's memory); rho: float32[memory]
-    (1/sᵀy); stored: pairs stored so far (the newest is at ``(stored - 1) % memory``); gamma: the
-    scale of the initial inverse Hessian, sᵀy/yᵀy of the newest pair; previous_*: the last point."""
+    (1/sᵀy); stored: pairs stored so far (the newest is at ``(stored - 1) % memory``); gamma:
+    float32[K], the scales of the initial inverse Hessian's K blocks (plain L-BFGS: float32[],
+    sᵀy/yᵀy of the newest pair); previous_*: the last point."""
 
     s: Array
     y: Array
@@ -78,7 +79,7 @@ class LBFGSState(NamedTuple):
 
 
 def scale_by_lbfgs(memory_size: int = 100, history_dtype: str = "float32",
-                   precondition: Callable[[Array], Array] | None = None
+                   precondition: Sequence[Callable[[Array], Array]] | None = None
                    ) -> optax.GradientTransformation:
     """The L-BFGS direction H·g (to be scaled by −lr), for a single array parameter.
 
@@ -92,17 +93,20 @@ def scale_by_lbfgs(memory_size: int = 100, history_dtype: str = "float32",
     history is 2·memory images, 0.6 GB at 512 px in float32); sᵀy, γ and the recursion's
     arithmetic stay float32.
 
-    precondition: a symmetric positive definite linear map M on the parameter, the initial
-    inverse Hessian's shape (γ·M instead of γ·I, γ = sᵀy / yᵀMy), e.g. `pyramid.metric`. None is
-    the identity.
+    precondition: K symmetric positive semi-definite linear maps Bₖ on the parameter whose sum is
+    positive definite, e.g. `pyramid.as_preconditioner`. The initial inverse Hessian is
+    Σₖ γₖ Bₖ with γₖ = sᵀy / (K · yᵀBₖy) from the newest pair, so that each block alone is scaled to
+    the curvature along y (and yᵀH₀y = sᵀy, as for γ·I). None is the single block I: plain
+    L-BFGS, γ = sᵀy/yᵀy.
     """
-    metric = precondition or (lambda x: x)
+    blocks = tuple(precondition) if precondition else (lambda x: x,)
+    gamma_shape = (len(blocks),) if precondition else ()  # plain: a scalar, as runs saved before
 
     def init(params: Array) -> LBFGSState:
         mem = jnp.zeros((memory_size,) + params.shape, history_dtype)
         zero = jnp.zeros((), jnp.int32)
         return LBFGSState(mem, mem, jnp.zeros((memory_size,), jnp.float32), zero,
-                          jnp.ones((), jnp.float32), zero, jnp.zeros_like(params),
+                          jnp.ones(gamma_shape, jnp.float32), zero, jnp.zeros_like(params),
                           jnp.zeros_like(params))
 
     def update(grad: Array, state: LBFGSState, params: Array):
@@ -115,23 +119,28 @@ def scale_by_lbfgs(memory_size: int = 100, history_dtype: str = "float32",
         # instead of a copy of memory × image floats every step.
         store = lambda mem, new: mem.at[slot].set(  # noqa: E731
             jnp.where(accept, new.astype(mem.dtype), mem[slot]))
+        curvatures = jnp.stack([jnp.vdot(y, block(y)) for block in blocks]).reshape(gamma_shape)
+        gamma = sy / (len(blocks) * jnp.where(accept, curvatures, 1.0))
         new = LBFGSState(
             s=store(state.s, s), y=store(state.y, y),
             rho=store(state.rho, 1.0 / jnp.where(accept, sy, 1.0)),
             stored=state.stored + accept.astype(jnp.int32),
-            gamma=jnp.where(accept, sy / jnp.vdot(y, metric(y)), state.gamma),
+            gamma=jnp.where(accept, gamma, state.gamma),
             count=state.count + 1, previous_params=params, previous_grad=grad)
-        direction = _two_loop(grad, new, memory_size, metric)
-        first_step = metric(grad) * jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(grad)))
+        initial = lambda q: sum(  # noqa: E731
+            g * block(q) for g, block in zip(new.gamma.reshape(-1), blocks))
+        direction = _two_loop(grad, new, memory_size, initial)
+        # The first step has no curvature to scale the blocks by: the plain gradient, capped.
+        first_step = grad * jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(grad)))
         return jnp.where(new.stored > 0, direction, first_step), new
 
     return optax.GradientTransformation(init, update)
 
 
 def _two_loop(grad: Array, state: LBFGSState, memory_size: int,
-              metric: Callable[[Array], Array]) -> Array:
+              initial: Callable[[Array], Array]) -> Array:
     """H·grad by the two-loop recursion over the stored pairs (Nocedal & Wright, Alg. 7.4), from
-    the initial inverse Hessian γ·metric."""
+    the initial inverse Hessian ``initial`` (a linear map)."""
     valid = jnp.minimum(state.stored, memory_size)
 
     def newest_first(j, carry):
@@ -143,7 +152,7 @@ def _two_loop(grad: Array, state: LBFGSState, memory_size: int,
     # Trip counts are the number of stored pairs (a runtime value): no work on empty slots.
     q, alpha = lax.fori_loop(0, valid, newest_first,
                              (grad, jnp.zeros((memory_size,), grad.dtype)))
-    r = state.gamma * metric(q)
+    r = initial(q)
 
     def oldest_first(j, r):
         i = (state.stored - valid + j) % memory_size

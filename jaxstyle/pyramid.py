@@ -6,12 +6,18 @@ In pixel space a gradient step moves every pixel on its own, so the loss's large
 a Laplacian-style pyramid of levels, image = Σₖ Uₖ zₖ (Uₖ upsamples level k, 2ᵏ times smaller,
 bilinearly), gives each coarse level a gradient that sums its 4ᵏ pixels. For L-BFGS that
 reparameterization is the same as keeping the image as the variable and starting the
-inverse-Hessian estimate from the metric M = Σₖ Uₖ Uₖᵀ instead of the identity (the iterates map
-one to one, and the curvature pairs keep image size: the memory stays what it was).
+inverse-Hessian estimate from Σₖ γₖ Uₖ Uₖᵀ instead of γ·I (the iterates map one to one, and the
+curvature pairs keep image size: the memory stays what it was).
+
+Each level has its own scale γₖ (block-scalar initial Hessian in level coordinates). With one
+shared γ = sᵀy / yᵀMy (M = Σₖ UₖUₖᵀ), the coarse levels, amplified up to Σ 4ᵏ times, set γ, and the
+fine part of every early step came out hundreds of times too small: with jaxstyle's relative loss
+weights the pyramid then lost to plain L-BFGS for its first ~150 steps (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -30,20 +36,26 @@ def upsample(level: Array, shape: tuple[int, ...]) -> Array:
     return jax.image.resize(level, shape, "linear")
 
 
+def level_product(x: Array, k: int) -> Array:
+    """Uₖ Uₖᵀ x: x's sum over level k's blocks, upsampled back (k = 0: x itself).
+    x: float32[H, W, C] (one image; vmap for several)."""
+    if k == 0:
+        return x
+    small = jax.ShapeDtypeStruct(level_shape(x.shape, k), x.dtype)
+    up = lambda z: upsample(z, x.shape)  # noqa: E731
+    (down,) = jax.linear_transpose(up, small)(x)
+    return up(down)
+
+
 def metric(x: Array, levels: int) -> Array:
     """M x = Σ_{k < levels} Uₖ Uₖᵀ x (U₀ = identity): symmetric, positive definite, and the identity
     for ``levels`` = 1. x: float32[H, W, C] (one image; vmap for several)."""
-    out = x
-    for k in range(1, levels):
-        small = jax.ShapeDtypeStruct(level_shape(x.shape, k), x.dtype)
-        up = lambda z: upsample(z, x.shape)  # noqa: E731
-        (down,) = jax.linear_transpose(up, small)(x)
-        out = out + up(down)
-    return out
+    return sum(level_product(x, k) for k in range(levels))
 
 
-def as_preconditioner(levels: int) -> Callable[[Array], Array] | None:
-    """``metric`` with its level count bound, or None for 1 level (plain L-BFGS)."""
+def as_preconditioner(levels: int) -> tuple[Callable[[Array], Array], ...] | None:
+    """The blocks UₖUₖᵀ, k < ``levels``, of the initial inverse Hessian Σₖ γₖ UₖUₖᵀ that
+    `optimize.scale_by_lbfgs` scales one by one; None for 1 level (plain L-BFGS)."""
     if levels <= 1:
         return None
-    return lambda x: metric(x, levels)
+    return tuple(functools.partial(level_product, k=k) for k in range(levels))
