@@ -196,7 +196,8 @@ def test_preset_neural_style_gives_the_same_image_as_todays_explicit_flags(tmp_p
               keras_safetensors, "--image-size", "32", "--num-iterations", "8", "--quiet",
               "--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1"]
     todays = ["--content-weight", "5", "--style-weight", "100", "--tv-weight", "0.001",
-              "--optimizer", "lbfgs", "--lbfgs-memory", "100", "--stop-tolerance", "0"]
+              "--optimizer", "lbfgs", "--lbfgs-memory", "100", "--lbfgs-pyramid", "1",
+              "--stop-tolerance", "0"]
     assert cli.main([str(a) for a in common + ["-o", tmp_path / "a.png", "--preset",
                                                "neural-style"]]) == 0
     assert cli.main([str(a) for a in common + ["-o", tmp_path / "b.png", *todays]]) == 0
@@ -243,10 +244,10 @@ def test_cli_default_is_the_pyramid_and_neural_style_is_one_scale():
     assert parse().lbfgs_memory == 50
     assert parse("--preset", "neural-style").lbfgs_memory == 100
     assert parse("--lbfgs-memory", "7").lbfgs_memory == 7
-    # The pyramid preconditioner is asked for (plain L-BFGS in every preset).
-    assert optimize.Method.from_config(parse()).pyramid_levels == 1
+    # The pyramid preconditioner: 5 levels in the fast preset, plain L-BFGS in neural-style's.
+    assert optimize.Method.from_config(parse()).pyramid_levels == 5  # the fast preset
     assert optimize.Method.from_config(parse("--preset", "neural-style")).pyramid_levels == 1
-    assert optimize.Method.from_config(parse("--lbfgs-pyramid", "5")).pyramid_levels == 5
+    assert optimize.Method.from_config(parse("--lbfgs-pyramid", "3")).pyramid_levels == 3
     with pytest.raises(ValueError, match="pyramid"):
         Config(lbfgs_pyramid=0)
 

@@ -89,10 +89,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         f"neural-style: {d.lbfgs_memory})")
     g.add_argument("--lbfgs-pyramid", type=positive(int), metavar="LEVELS",
                    help="precondition L-BFGS with an image pyramid of this many levels, so the "
-                        "image's large-scale structure converges as fast as its detail; 5 is "
-                        "~3x faster to quality with explicit loss weights, but can diverge at "
-                        f"the start of a scale with the default relative ones (default "
-                        f"{d.lbfgs_pyramid}: plain L-BFGS)")
+                        "image's large-scale structure converges as fast as its detail; 1 is "
+                        f"plain L-BFGS (default {PRESETS['fast']['lbfgs_pyramid']}; "
+                        f"neural-style: {d.lbfgs_pyramid})")
     g.add_argument("--lbfgs-history-dtype", choices=HISTORY_DTYPES,
                    help="the dtype L-BFGS stores its curvature pairs in; bfloat16 halves the "
                         "history, the largest part of a run's memory (default: float32)")
