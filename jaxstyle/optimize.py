@@ -65,7 +65,7 @@ class LBFGSState(NamedTuple):
     """History of one L-BFGS problem. s, y: [memory, *shape] ring buffers (float32, or bfloat16 to
     halve the largest part of a run's memory); rho: float32[memory]
     (1/sᵀy); stored: pairs stored so far (the newest is at ``(stored - 1) % memory``); gamma:
-    float32[K], the scales of the initial inverse Hessian's K blocks (plain L-BFGS: float32[],
+    float32[K], the scales of the initial inverse Hessian's K blocks (plain L-BFGS: K = 1,
     sᵀy/yᵀy of the newest pair); previous_*: the last point."""
 
     s: Array
@@ -100,13 +100,12 @@ def scale_by_lbfgs(memory_size: int = 100, history_dtype: str = "float32",
     L-BFGS, γ = sᵀy/yᵀy.
     """
     blocks = tuple(precondition) if precondition else (lambda x: x,)
-    gamma_shape = (len(blocks),) if precondition else ()  # plain: a scalar, as runs saved before
 
     def init(params: Array) -> LBFGSState:
         mem = jnp.zeros((memory_size,) + params.shape, history_dtype)
         zero = jnp.zeros((), jnp.int32)
         return LBFGSState(mem, mem, jnp.zeros((memory_size,), jnp.float32), zero,
-                          jnp.ones(gamma_shape, jnp.float32), zero, jnp.zeros_like(params),
+                          jnp.ones((len(blocks),), jnp.float32), zero, jnp.zeros_like(params),
                           jnp.zeros_like(params))
 
     def update(grad: Array, state: LBFGSState, params: Array):
@@ -119,7 +118,7 @@ def scale_by_lbfgs(memory_size: int = 100, history_dtype: str = "float32",
         # instead of a copy of memory × image floats every step.
         store = lambda mem, new: mem.at[slot].set(  # noqa: E731
             jnp.where(accept, new.astype(mem.dtype), mem[slot]))
-        curvatures = jnp.stack([jnp.vdot(y, block(y)) for block in blocks]).reshape(gamma_shape)
+        curvatures = jnp.stack([jnp.vdot(y, block(y)) for block in blocks])
         gamma = sy / (len(blocks) * jnp.where(accept, curvatures, 1.0))
         new = LBFGSState(
             s=store(state.s, s), y=store(state.y, y),
@@ -128,7 +127,7 @@ def scale_by_lbfgs(memory_size: int = 100, history_dtype: str = "float32",
             gamma=jnp.where(accept, gamma, state.gamma),
             count=state.count + 1, previous_params=params, previous_grad=grad)
         initial = lambda q: sum(  # noqa: E731
-            g * block(q) for g, block in zip(new.gamma.reshape(-1), blocks))
+            g * block(q) for g, block in zip(new.gamma, blocks))
         direction = _two_loop(grad, new, memory_size, initial)
         # The first step has no curvature to scale the blocks by: the plain gradient, capped.
         first_step = grad * jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(grad)))
