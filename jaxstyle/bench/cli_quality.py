@@ -80,21 +80,32 @@ def reference_seconds_to(trace: list[dict], loss: float) -> float | None:
     return None
 
 
-def png_loss(png: Path, content: Path, style: Path, weights: Path) -> float:
-    """jaxstyle's loss (the reference's weights) of the written PNG, on the reference's network."""
+def read_image(path: Path):
+    """float32[1, H, W, 3] in [0, 1]; a 16-bit PNG at all of its 16 bits."""
     import jax.numpy as jnp
 
-    from jaxstyle import image_io, losses, vgg19
+    from jaxstyle import image_io
+
+    return jnp.asarray(image_io.load_image(path))[None]
+
+
+def reference_objective(content: Path, style: Path, weights: Path):
+    """jaxstyle's loss with the reference's weights, on the reference's network: a function
+    images float32[B, H, W, 3] in [0, 1] -> (loss float32[], {term: float32[B]})."""
+    import functools
+
+    from jaxstyle import losses, vgg19
     from jaxstyle.config import Config
 
-    def read(path):  # a 16-bit PNG at all of its 16 bits
-        return jnp.asarray(image_io.load_image(path))[None]
-
-    cfg = Config(**REFERENCE_WEIGHTS)
-    spec = losses.LossSpec.from_config(cfg)
+    spec = losses.LossSpec.from_config(Config(**REFERENCE_WEIGHTS))
     vgg = vgg19.load(weights, source="torchvision")
-    targets = losses.targets(vgg, read(content), [read(style)], [1.0], spec)
-    return float(losses.total_loss(vgg, read(png), targets, spec)[0])
+    targets = losses.targets(vgg, read_image(content), [read_image(style)], [1.0], spec)
+    return functools.partial(losses.total_loss, vgg, targets=targets, spec=spec)
+
+
+def png_loss(png: Path, content: Path, style: Path, weights: Path) -> float:
+    """jaxstyle's loss (the reference's weights) of the written PNG, on the reference's network."""
+    return float(reference_objective(content, style, weights)(read_image(png))[0])
 
 
 def main(argv=None) -> int:

@@ -36,9 +36,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from jaxstyle import image_io, losses, vgg19
-from jaxstyle.bench.cli_quality import REFERENCE_WEIGHTS
-from jaxstyle.config import Config
+from jaxstyle.bench.cli_quality import REFERENCE_WEIGHTS, read_image, reference_objective
 
 Array = jax.Array
 CATALAN = 0.915965594177219
@@ -97,18 +95,12 @@ def main(argv=None) -> int:
     p.add_argument("--sweeps", type=int, default=5, help="sweeps per pass (one gradient a pass)")
     args = p.parse_args(argv)
 
-    spec = losses.LossSpec.from_config(Config(**REFERENCE_WEIGHTS))
-    vgg = vgg19.load(args.weights, source="torchvision")
-
-    def read(path):
-        return jnp.asarray(image_io.load_image(path))[None]
-
-    targets = losses.targets(vgg, read(args.content), [read(args.style)], [1.0], spec)
+    objective = reference_objective(args.content, args.style, args.weights)
     tv_weight = jnp.float32(REFERENCE_WEIGHTS["tv_weight"])
 
     @jax.jit
     def loss_parts(levels):  # float32[H, W, C] in 0-255 -> (loss, its total-variation part)
-        loss, terms = losses.total_loss(vgg, levels[None] / 255.0, targets, spec)
+        loss, terms = objective(levels[None] / 255.0)
         return loss, terms["tv"][0]
 
     @jax.jit
@@ -122,7 +114,7 @@ def main(argv=None) -> int:
         loss, tv = loss_parts(levels)
         return {"loss": float(loss), "tv": float(tv)}
 
-    exact = jnp.clip(read(args.image)[0], 0.0, 1.0) * 255.0
+    exact = jnp.clip(read_image(args.image)[0], 0.0, 1.0) * 255.0
     nearest = jnp.round(exact)
     if args.span == 0:
         low, high = jnp.floor(exact), jnp.minimum(jnp.floor(exact) + 1, 255.0)
