@@ -4,7 +4,7 @@ on the PNG that ``jaxstyle stylize`` writes).
 Rounding every value to the nearest of 256 levels adds independent noise of variance 1/12 (in
 0-255 units), which total variation sees: ½Σ(255·Δx)² grows by about N/6 over N values. Here the
 rounding is chosen instead to lower the loss: each value may take any level within ``--span`` of
-its nearest one (1: floor or ceiling only when ``--span 0``), by iterated conditional modes on the
+its nearest one (``--span 0``: its floor or its ceiling only), by iterated conditional modes on the
 exact total variation plus the content and style terms linearized at the current 8-bit image
 (their gradient recomputed once a pass). A checkerboard's two colours are updated in turn: a
 pixel's four neighbours are all of the other colour, so each half-sweep minimizes exactly and the
@@ -61,7 +61,7 @@ def _neighbour_cost(levels: Array, candidate: Array) -> Array:
 
 
 @jax.jit
-def _half_sweeps(levels: Array, slope: Array, low: Array, high: Array, tv_weight: Array) -> Array:
+def _sweep(levels: Array, slope: Array, low: Array, high: Array, tv_weight: Array) -> Array:
     """One sweep over both checkerboard colours: each value moves by −1, 0 or +1 within
     [low, high] to minimize ½·tv_weight·Σ(Δ levels)² + slope·levels, its neighbours held.
     levels, slope, low, high: float32[H, W, C]."""
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     for _ in range(args.passes):
         slope = content_style_slope(levels)
         for _ in range(args.sweeps):
-            levels = _half_sweeps(levels, slope, low, high, tv_weight)
+            levels = _sweep(levels, slope, low, high, tv_weight)
         passes.append(record(levels))
     print(json.dumps({"image": args.image, "span": args.span, "float": record(exact),
                       "nearest_8bit": record(nearest), "chosen_8bit_by_pass": passes,
