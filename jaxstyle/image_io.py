@@ -324,7 +324,7 @@ def _clipped(image: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(array), 0.0, 1.0)
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
+def to_uint8(image: np.ndarray) -> np.ndarray:
     """float[H, W, 3] (numpy or jax) → uint8[H, W, 3]: clipped to [0, 1], rounded; NaN → 0."""
     return np.round(_clipped(image) * 255.0).astype(np.uint8)
 
@@ -372,7 +372,7 @@ def save_image(image: np.ndarray, path: PathLike, inputs: Iterable[PathLike | No
         data = png16_bytes(image)
         atomic_write(path, lambda f: f.write(data))
         return path
-    pil = Image.fromarray(_to_uint8(image))
+    pil = Image.fromarray(to_uint8(image))
     fmt = OUTPUT_FORMATS[path.suffix.lower()]
     atomic_write(path, lambda f: pil.save(f, format=fmt, **_SAVE_OPTIONS.get(fmt, {})))
     return path
@@ -393,7 +393,7 @@ def save_gif(
     path = check_output_path(path, inputs)
     if OUTPUT_FORMATS[path.suffix.lower()] != "GIF":
         raise ValueError(f"save_gif needs a .gif path, got '{path}'")
-    images = [Image.fromarray(_to_uint8(frame)) for frame in frames]
+    images = [Image.fromarray(to_uint8(frame)) for frame in frames]
     if not images or len({im.size for im in images}) != 1:
         raise ValueError("save_gif needs at least one frame, all of the same size")
     first, *rest = images

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from jaxstyle.image_io import _to_uint8
+from jaxstyle.image_io import to_uint8
 
 
 def _font(size: int):
@@ -46,7 +46,7 @@ def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[Sequence[str]],
         r, c = divmod(i, columns)
         x = pad + c * (cell_w + pad)
         y = pad + r * (cell_h + lines * line_h + 2 * pad)
-        sheet.paste(Image.fromarray(_to_uint8(image)), (x, y))
+        sheet.paste(Image.fromarray(to_uint8(image)), (x, y))
         for j, line in enumerate(label):
             draw.text((x, y + cell_h + pad // 2 + j * line_h), line, fill="black", font=font)
     return np.asarray(sheet, np.float32) / 255.0
