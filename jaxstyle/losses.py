@@ -129,6 +129,8 @@ class LossSpec:
     content_weights: float32[len(content_layers)], already multiplied by the content weight.
     style_weights: float32[len(style_layers)], already multiplied by the style weight.
     tv_weight: float32[].
+    temporal_weight: float32[] (float32[P] when stacked), the weight of `temporal_loss`; None (the
+      default) for a still image: no temporal term and the pytree of a spec without it.
     """
 
     content_layers: tuple[str, ...] = dataclasses.field(metadata=dict(static=True))
@@ -139,6 +141,7 @@ class LossSpec:
     tv_weight: Array
     # "gram" or "w2" (`w2_style_loss`); with "w2" the style targets are packed moments.
     style_loss: str = dataclasses.field(default="gram", metadata=dict(static=True))
+    temporal_weight: Array | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> "LossSpec":
@@ -174,7 +177,8 @@ class LossSpec:
                 raise ValueError("stacked loss specs must share layers and normalization")
         return dataclasses.replace(
             first, **{name: jnp.stack([getattr(s, name) for s in specs])
-                      for name in ("content_weights", "style_weights", "tv_weight")})
+                      for name in ("content_weights", "style_weights", "tv_weight")
+                      + (("temporal_weight",) if first.temporal_weight is not None else ())})
 
 
 @jax.tree_util.register_dataclass
@@ -184,11 +188,15 @@ class Targets:
 
     guidance: None (the plain style term), or {layer: float32[R, h, w]} for guided style (see
     `guided_targets`), where style is {layer: float32[1, R, C, C]}, one target per region.
+
+    temporal: None (a still image), or {"image": float32[B, H, W, 3], the previous stylized frame
+    warped onto this one, "mask": float32[B, H, W, 1], where it counts} for `temporal_loss`.
     """
 
     content: dict
     style: dict
     guidance: dict | None = None
+    temporal: dict | None = None
 
 
 def style_grams(vgg: vgg19.VGG, style_image: Array, spec: LossSpec, dtype=jnp.float32) -> dict:
@@ -240,7 +248,11 @@ def loss_terms(features: dict[str, Array], images: Array, targets: Targets, spec
         style = sum(spec.style_weights[i] * one_style(features[name], targets.style[name])
                     for i, name in enumerate(spec.style_layers))
     tv = spec.tv_weight * total_variation(images)
-    return {"content": content, "style": style, "tv": tv}
+    terms = {"content": content, "style": style, "tv": tv}
+    if targets.temporal is not None and spec.temporal_weight is not None:  # a film's frame
+        terms["temporal"] = spec.temporal_weight * temporal_loss(
+            images, targets.temporal["image"], targets.temporal["mask"])
+    return terms
 
 
 def total_loss(vgg: vgg19.VGG, images: Array, targets: Targets, spec: LossSpec,
@@ -482,3 +494,30 @@ def guided_targets(vgg: vgg19.VGG, content_images: Array, style_images: Sequence
         stacked = jnp.stack([g[name][0] for g in per_style], axis=1)  # [R, S, C, C]
         style[name] = jnp.einsum("rs,rscd->rcd", region_styles, stacked)[None]
     return Targets(content=content, style=style, guidance=dict(content_guidance))
+
+
+# ----------------------------------------------------------------------------------------------
+# Temporal consistency of a film (Ruder et al. 2016, "Artistic style transfer for videos", eq. 7).
+# Additive: without `Targets.temporal` (and `LossSpec.temporal_weight`) nothing above changes.
+
+
+def temporal_loss(images: Array, warped: Array, mask: Array) -> Array:
+    """Ruder et al.'s short-term temporal term, Σ c·(x − ω)² / (H·W·3), on the [0, 1] scale.
+
+    The sum runs over pixels and channels; ω is the previous stylized frame warped onto this one
+    (`jaxstyle.warp.warp`) and c the weights of `jaxstyle.warp.occlusion_mask` (0 where the
+    previous frame does not see the pixel). On [0, 1] the term is 255² ≈ 6.5e4 times smaller than
+    on neural-style's 0–255 scale, where Ruder et al. weigh it 1e3 (see `jaxstyle.video`).
+
+    Args:
+      images: float32[B, H, W, 3].
+      warped: float32[B or 1, H, W, 3].
+      mask: float32[B or 1, H, W, 1] (or [.., H, W, 3]) in [0, 1].
+
+    Returns:
+      float32[B].
+    """
+    diff = images.astype(jnp.float32) - warped.astype(jnp.float32)
+    weighted = jnp.broadcast_to(mask.astype(jnp.float32) * diff * diff, images.shape)
+    _, h, w, c = images.shape
+    return _sum_per_image(weighted) / (h * w * c)

@@ -236,11 +236,14 @@ def problem_targets(targets: losses.Targets, num_problems: int) -> losses.Target
     guidance = None if targets.guidance is None else {
         k: v if v.ndim == 4 else jnp.broadcast_to(v, (num_problems,) + v.shape)
         for k, v in targets.guidance.items()}
+    # A film's temporal targets (image [P, H, W, 3], mask [P, H, W, 1]) are per problem.
+    temporal = None if targets.temporal is None else {
+        k: v[:, None] for k, v in targets.temporal.items()}
     return losses.Targets(
         content={k: v[:, None] for k, v in targets.content.items()},
         style={k: jnp.broadcast_to(v, (num_problems,) + v.shape[1:])[:, None]
                for k, v in targets.style.items()},
-        guidance=guidance)
+        guidance=guidance, temporal=temporal)
 
 
 def _all_finite(*arrays: Array) -> Array:

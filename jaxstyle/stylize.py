@@ -157,7 +157,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
                   on_progress: Callable[[Progress], None] | None = None,
                   every: tuple[int, ...] = (),
                   to_host: Callable[[Array], np.ndarray] = np.asarray,
-                  guidance: guidance_lib.Guidance | None = None) -> Result:
+                  guidance: guidance_lib.Guidance | None = None,
+                  temporal: dict | None = None) -> Result:
     """Stylizes P content images of one size with the same styles, each its own problem.
 
     Args:
@@ -174,6 +175,9 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
       to_host: fetches a result array (the batch runner gathers across hosts with it).
       guidance: where each style goes (`guidance.from_masks` / `from_maps`); None: everywhere.
         Its masks are resized to every scale and style layer once per scale.
+      temporal: a film's frame (`jaxstyle.video`): {"image": float32[P, H, W, 3], the previous
+        stylized frame warped onto this one, "mask": float32[P, H, W, 1], "weight": float} adds
+        `losses.temporal_loss` (resized to every scale); None: a still image.
 
     Returns:
       `Result` at the last scale's size.
@@ -244,6 +248,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         if len(by_blend) > 1:
             targets = dataclasses.replace(targets, style={
                 k: jnp.concatenate([by_blend[b].style[k] for b in blends])
+        if temporal is not None:
+            targets, run_spec = _with_temporal(targets, run_spec, temporal, h, w)
                 for k in spec.style_layers})
         run_spec = _problem_spec(cfgs, by_blend, blends, scaled, per_problem)
         targets = optimize.problem_targets(targets, num_problems)
@@ -263,6 +269,9 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         # memory of a pyramid is its last scale's, not the sum of two.
         state = None
         state = optimize.init_state(images, method)
+        if temporal is not None:  # the terms the loss reports include "temporal"
+            state = dataclasses.replace(state, terms={**state.terms,
+                                                      "temporal": jnp.zeros_like(state.loss)})
         if diverged is not None:
             state = dataclasses.replace(state, diverged=diverged)
         done = start.iteration if (start and index == start.scale_index) else 0
@@ -284,6 +293,18 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     converged = to_host(state.track.stopped) if state.track is not None else None
     return Result(images=images, diverged=to_host(state.diverged), loss=to_host(state.loss),
                   converged=converged, steps=to_host(state.step))
+
+
+def _with_temporal(targets: losses.Targets, spec: losses.LossSpec, temporal: dict, h: int,
+                   w: int) -> tuple[losses.Targets, losses.LossSpec]:
+    """``targets`` and ``spec`` with the temporal term of a film's frame, at an h x w scale."""
+    image = resize(jnp.asarray(temporal["image"], jnp.float32), h, w)
+    mask = resize(jnp.asarray(temporal["mask"], jnp.float32), h, w)
+    weight = jnp.asarray(temporal["weight"], jnp.float32)
+    if spec.per_problem:
+        weight = jnp.broadcast_to(weight, spec.tv_weight.shape)
+    return (dataclasses.replace(targets, temporal={"image": image, "mask": mask}),
+            dataclasses.replace(spec, temporal_weight=weight))
 
 
 def stylize(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfg: Config = Config(),

@@ -278,3 +278,56 @@ def test_weight_changes_do_not_retrace(shallow_problem, images):
     content = _features(vgg, jnp.asarray(images["content"]), ("relu1_1",))
     objective(vgg, x, losses.Targets(content=content, style=tg.style), other)
     assert len(traces) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# The temporal term of a film's frame (Ruder et al. 2016), against NumPy and torch autograd.
+
+
+def test_temporal_loss_value_and_gradient_match_numpy_and_torch():
+    import torch
+
+    rng = np.random.default_rng(7)
+    x = rng.uniform(size=(2, H, W, 3)).astype(np.float32)
+    warped = rng.uniform(size=(2, H, W, 3)).astype(np.float32)
+    mask = (rng.uniform(size=(2, H, W, 1)) > 0.3).astype(np.float32)
+    value, grad = jax.jit(jax.value_and_grad(
+        lambda im: jnp.sum(losses.temporal_loss(im, warped, mask)), has_aux=False))(jnp.asarray(x))
+    per_image = losses.temporal_loss(jnp.asarray(x), warped, mask)
+    expected = np.sum(mask * (x.astype(np.float64) - warped) ** 2, axis=(1, 2, 3)) / (H * W * 3)
+    assert per_image.shape == (2,)
+    np.testing.assert_allclose(per_image, expected, rtol=1e-5)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    loss = (torch.as_tensor(mask, dtype=torch.float64)
+            * (xt - torch.as_tensor(warped, dtype=torch.float64)) ** 2).sum() / (H * W * 3)
+    loss.backward()
+    np.testing.assert_allclose(float(value), float(loss), rtol=1e-5)
+    assert rel(grad, xt.grad.numpy()) < 1e-6
+
+
+def test_temporal_term_is_added_only_when_given(shallow_problem, images):
+    vgg, spec, tg = shallow_problem
+    x = jnp.asarray(images["input"])
+    # Absent: the pytrees keep their leaves (no temporal leaf), and the terms are the three.
+    assert len(jax.tree.leaves(spec)) == 3 and spec.temporal_weight is None
+    assert tg.temporal is None
+    (loss, terms), grad = _loss_and_grad(vgg, x, tg, spec)
+    assert set(terms) == {"content", "style", "tv"}
+    rng = np.random.default_rng(8)
+    warped = rng.uniform(size=x.shape).astype(np.float32)
+    mask = (rng.uniform(size=x.shape[:3] + (1,)) > 0.5).astype(np.float32)
+    weight = 300.0
+    film_spec = dataclasses.replace(spec, temporal_weight=jnp.asarray(weight, jnp.float32))
+    film_tg = dataclasses.replace(tg, temporal={"image": jnp.asarray(warped),
+                                                "mask": jnp.asarray(mask)})
+    (loss_t, terms_t), grad_t = _loss_and_grad(vgg, x, film_tg, film_spec)
+    assert set(terms_t) == {"content", "style", "tv", "temporal"}
+    diff = np.asarray(x, np.float64) - warped
+    expected = weight * np.sum(mask * diff**2, axis=(1, 2, 3)) / (H * W * 3)
+    np.testing.assert_allclose(terms_t["temporal"], expected, rtol=1e-5)
+    np.testing.assert_allclose(float(loss_t), float(loss) + expected.sum(), rtol=1e-5)
+    # The gradient adds the closed form 2·w·c·(x − ω)/(H·W·3) to the still image's.
+    assert rel(np.asarray(grad_t) - np.asarray(grad), 2 * weight * mask * diff / (H * W * 3)) < 1e-4
+    # Stacked specs carry the temporal weight per problem.
+    stacked = losses.LossSpec.stack([film_spec, film_spec])
+    assert stacked.temporal_weight.shape == (2,)
