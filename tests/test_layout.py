@@ -20,7 +20,7 @@ CORE = ("jaxstyle.errors", "jaxstyle.config", "jaxstyle.kernels", "jaxstyle.mode
 # Libraries that read or write files, talk to terminals or networks, or parse command lines.
 IO_LIBRARIES = ("PIL", "h5py", "tqdm", "argparse", "urllib", "http", "socket", "requests",
                 "pooch", "safetensors", "pickle", "zipfile", "subprocess", "tensorboard",
-                "tensorboardX")
+                "tensorboardX", "av", "cv2")
 
 
 def module_name(path: Path) -> str:
