@@ -5,7 +5,7 @@ The estimate for one compiled run of P problems of h x w pixels (n = P·h·w):
 
 * XLA's temporaries of one step: ``TEMP_BYTES_PER_PIXEL`` × n, measured with
   ``optimize.run_steps.lower(...).compile().memory_analysis()`` (the full VGG-19 to relu5_1,
-  float32; `python -m jaxstyle.bench.memory 128 256 512` prints the measurement);
+  float32; `python -m benchmarks.memory 128 256 512`, from a clone, prints the measurement);
 * the run state: the image, the optimizer's state (L-BFGS: 2 × memory + 2 images; Adam: 2), the
   average and best iterate when kept: 12 bytes per pixel each;
 * the style images' forward passes for the targets (about half a step's temporaries per pixel);

@@ -103,6 +103,13 @@ def test_the_graph_sees_the_packages_modules(graph):
     assert "argparse" in graph["jaxstyle.cli.common"][1]
 
 
+def test_the_package_never_imports_the_benchmarks(graph):
+    """`benchmarks/` sits beside the package and uses it; no arrow runs back (the package installs
+    without that folder)."""
+    importers = sorted(name for name, (_, external) in graph.items() if "benchmarks" in external)
+    assert importers == []
+
+
 def reached(graph, start: str) -> set[str]:
     """jaxstyle modules that importing ``start`` runs: its imports, theirs, and the packages'
     ``__init__`` of each (Python runs them first)."""

@@ -6,7 +6,9 @@ and every user error becomes one line ``jaxstyle: error: ...`` with a non-zero e
   convert, weights   `jaxstyle.cli.convert`: weight files
   stylize            `jaxstyle.cli.stylize`: one content image or several
   train, apply       `jaxstyle.cli.train`, `jaxstyle.cli.apply`: feed-forward style networks
-  bench              `jaxstyle.bench`: the benchmark against the PyTorch reference
+
+The benchmarks against the PyTorch reference are not a command: they live in the repository's
+``benchmarks/`` folder (``python -m benchmarks.compare``), beside the package, not in it.
 """
 
 from __future__ import annotations
@@ -30,17 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_parser(sub)
     train.add_parser(sub)
     apply.add_parser(sub)
-    sub.add_parser("bench", help="benchmark against the PyTorch reference (prints JSON); "
-                                 "see `jaxstyle bench --help`")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # its own parser: argparse's REMAINDER would not take "--sizes ..."
-        from jaxstyle import bench  # only this command needs it (and it starts subprocesses)
-
-        return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         with warnings_as_lines():

@@ -1,10 +1,10 @@
 """Feed-forward style networks against the PyTorch reference (``torch_fast_reference.py``), side
 by side in one run: each side in its own subprocess, same sizes, random weights.
 
-  python -m jaxstyle.bench.fast --mode apply --size 512 --batch 1 --iters 5
-  python -m jaxstyle.bench.fast --mode train --size 256 --batch 4 --iters 5
-  python -m jaxstyle.bench.fast --mode train --data DIR        # + time spent waiting for data
-  python -m jaxstyle.bench.fast --mode apply --frames DIR      # + whole `jaxstyle apply` on a folder
+  python -m benchmarks.fast --mode apply --size 512 --batch 1 --iters 5
+  python -m benchmarks.fast --mode train --size 256 --batch 4 --iters 5
+  python -m benchmarks.fast --mode train --data DIR        # + time spent waiting for data
+  python -m benchmarks.fast --mode apply --frames DIR      # + whole `jaxstyle apply` on a folder
 
 apply: the network's forward pass on [batch, size, size, 3] (jitted `transformer.apply`).
 train: one `train.make_step` step (network, VGG-19 features relu1_1..relu4_1 of the output and of
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_REFERENCE = "../shared/bench/torch_fast_reference.py"
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+from benchmarks.inputs import DEFAULT_FAST_REFERENCE
+from benchmarks.processes import child_env
+
 
 
 def _worker(args: argparse.Namespace) -> dict:
@@ -119,21 +119,15 @@ def _apply_folder(args: argparse.Namespace) -> dict:
         cmd = [sys.executable, "-m", "jaxstyle.cli", "apply", str(net), str(args.frames),
                "-o", str(Path(tmp) / "out"), "--batch-size", str(args.batch), "-q"]
         t0 = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+        done = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
         seconds = time.perf_counter() - t0
     return {"impl": "jaxstyle apply (CLI, whole)", "frames": len(frames), "seconds": round(seconds, 2),
             "images_per_s": round(len(frames) / seconds, 3), "exit": done.returncode,
             "note": "includes process start and one compile per frame shape"}
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPOSITORY_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
 def _child(cmd: list[str]) -> dict:
-    done = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     for line in reversed(done.stdout.splitlines()):
         try:
             return json.loads(line)
@@ -153,7 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reference", default=DEFAULT_REFERENCE, help="torch_fast_reference.py")
+    p.add_argument("--reference", default=DEFAULT_FAST_REFERENCE, help="torch_fast_reference.py")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--data", help="train mode: feed steps from this photo folder (data wait)")
     p.add_argument("--frames", help="also time `jaxstyle apply` on this folder of frames")
@@ -171,7 +165,7 @@ def main(argv=None) -> int:
     if not args.no_reference and reference.is_file() and args.width == 1.0:
         rows.append(_child([sys.executable, str(reference), *common]))
         print(json.dumps(rows[-1]), flush=True)
-    ours = _child([sys.executable, "-m", "jaxstyle.bench.fast", "--worker", *common,
+    ours = _child([sys.executable, "-m", "benchmarks.fast", "--worker", *common,
                    "--width", str(args.width), "--dtype", args.dtype,
                    *(["--data", args.data] if args.data else [])])
     rows.append(ours)

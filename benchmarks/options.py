@@ -1,4 +1,4 @@
-"""What the benchmark measures: `BenchOptions`, from the ``jaxstyle bench`` flags."""
+"""What the benchmark measures: `BenchOptions`, from the flags of ``python -m benchmarks.compare``."""
 
 from __future__ import annotations
 
@@ -6,16 +6,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from jaxstyle.bench.processes import REPOSITORY_ROOT
-from jaxstyle.bench.worker import TRACE_EVERY
+from benchmarks.inputs import DEFAULT_CONTENT, DEFAULT_REFERENCE, DEFAULT_STYLE, find_shared
+from benchmarks.worker import TRACE_EVERY
 from jaxstyle.cli.common import csv
 from jaxstyle.config import DTYPES, OPTIMIZERS
-
-# Shared files, relative to the repository root (or the working directory).
-DEFAULT_REFERENCE = "../shared/bench/torch_reference.py"
-DEFAULT_CONTENT = "../shared/images/tubingen.jpg"
-DEFAULT_STYLE = "../shared/images/starry_night.jpg"
-
 
 @dataclasses.dataclass(frozen=True)
 class BenchOptions:
@@ -46,7 +40,7 @@ class BenchOptions:
 def build_parser(description: str = "") -> argparse.ArgumentParser:
     d = BenchOptions()
     p = argparse.ArgumentParser(
-        prog="jaxstyle bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m benchmarks.compare", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=description)
     p.add_argument("--sizes", type=csv(int), default=d.sizes, metavar="S1,S2",
                    help="image sides in pixels (default 256,512,1024)")
@@ -87,22 +81,13 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     return p
 
 
-def _find_shared(relative: str) -> Path | None:
-    """``relative`` resolved against the working directory, then against the repository root."""
-    for root in (Path.cwd(), REPOSITORY_ROOT):
-        candidate = (root / relative).resolve()
-        if candidate.exists():
-            return candidate
-    return None
-
-
 def _resolve_reference(args: argparse.Namespace) -> tuple[Path | None, str | None]:
     if args.no_reference:
         return None, "disabled by --no-reference"
     if args.reference:
         path = Path(args.reference).resolve()
         return (path, None) if path.is_file() else (None, f"reference not found: {path}")
-    path = _find_shared(DEFAULT_REFERENCE)
+    path = find_shared(DEFAULT_REFERENCE)
     if path is None:
         return None, (f"reference not found: {DEFAULT_REFERENCE} relative to the working directory "
                       "or the repository root; pass --reference PATH")
@@ -111,7 +96,7 @@ def _resolve_reference(args: argparse.Namespace) -> tuple[Path | None, str | Non
 
 def _resolve_image(parser: argparse.ArgumentParser, given: str | None, default: str,
                    role: str) -> Path:
-    path = Path(given) if given else _find_shared(default)
+    path = Path(given) if given else find_shared(default)
     if path is None or not path.is_file():
         parser.error(f"--time-to-quality: {role} image not found: {given or default}")
     return path

@@ -3,7 +3,7 @@ process: the same compiled L-BFGS step (`optimize.run_steps`, the default five s
 relu4_2 content, random torchvision-convention VGG-19), timed alternately so that both see the
 same machine state. Prints one JSON line per (size, style loss) and a summary with the ratio.
 
-  python -m jaxstyle.bench.style_loss --sizes 256,512 --steps 10 --rounds 3
+  python -m benchmarks.style_loss --sizes 256,512 --steps 10 --rounds 3
 """
 
 from __future__ import annotations

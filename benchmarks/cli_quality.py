@@ -18,9 +18,9 @@ One JSON line per timed command, then a summary. The headline ``ratio_vs_referen
 jaxstyle's wall time over the reference's time to its loss after EVALS evaluations, when the PNG's
 loss is at most that loss (the issue's target: <= 0.25 at 256 px, 400 evaluations).
 
-  python -m jaxstyle.bench.cli_quality --size 256 --evals 400
-  python -m jaxstyle.bench.cli_quality --size 256 --evals 400 --variant="--stop-tolerance 0.005"
-  python -m jaxstyle.bench.cli_quality --size 256 --evals 400 --variant="--bit-depth 16"
+  python -m benchmarks.cli_quality --size 256 --evals 400
+  python -m benchmarks.cli_quality --size 256 --evals 400 --variant="--stop-tolerance 0.005"
+  python -m benchmarks.cli_quality --size 256 --evals 400 --variant="--bit-depth 16"
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxstyle.bench.options import DEFAULT_CONTENT, DEFAULT_REFERENCE, DEFAULT_STYLE, _find_shared
-from jaxstyle.bench.processes import run_child
+from benchmarks.inputs import DEFAULT_CONTENT, DEFAULT_REFERENCE, DEFAULT_STYLE, find_shared
+from benchmarks.processes import run_child
 
 MAX_SECONDS = 6 * 3600  # a 1024 px reference run of 400 evaluations takes ~2 hours on 2 cores
 
@@ -119,9 +119,9 @@ def main(argv=None) -> int:
                    help="extra stylize flags for another timed run (repeatable)")
     p.add_argument("--no-default", action="store_true", help="time only the --variant runs")
     args = p.parse_args(argv)
-    reference = Path(args.reference) if args.reference else _find_shared(DEFAULT_REFERENCE)
-    content = Path(args.content) if args.content else _find_shared(DEFAULT_CONTENT)
-    style = Path(args.style) if args.style else _find_shared(DEFAULT_STYLE)
+    reference = Path(args.reference) if args.reference else find_shared(DEFAULT_REFERENCE)
+    content = Path(args.content) if args.content else find_shared(DEFAULT_CONTENT)
+    style = Path(args.style) if args.style else find_shared(DEFAULT_STYLE)
     from PIL import Image
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 """The cost of guided style: seconds per optimizer step without guidance and with R regions,
 measured side by side (interleaved, same process), printed as JSON lines.
 
-  python -m jaxstyle.bench.guidance --size 256 --regions 1,2,4 --steps 10 --rounds 3
+  python -m benchmarks.guidance --size 256 --regions 1,2,4 --steps 10 --rounds 3
 
 Random VGG-19 weights (speed does not depend on them), the default layers and loss, Adam.
 """

@@ -3,7 +3,7 @@
 torchvision-convention weights) at each size and prints one JSON line per (size, optimizer) with
 ``memory_analysis()``'s temporaries, arguments and outputs.
 
-  python -m jaxstyle.bench.memory 128 256 512
+  python -m benchmarks.memory 128 256 512
 """
 
 from __future__ import annotations

@@ -1,5 +1,33 @@
-"""The parent side: each configuration's reference and jaxstyle runs side by side, the speed table,
-device scaling, the time-to-quality comparison and the summary."""
+"""Benchmark jaxstyle against the PyTorch reference (``torch_reference.py``), side by side.
+
+Every figure is taken in one invocation for both implementations with the same settings: for each
+(size, batch, optimizer) the reference runs as a subprocess, then jaxstyle runs in a fresh
+subprocess (a *worker*, `benchmarks.worker`), so that each process's peak memory belongs to
+that one configuration and an out-of-memory crash or a configuration over ``--max-seconds`` is
+reported as skipped instead of ending the run. The parent process (this module: the runs side by
+side, the speed table, device scaling, the time-to-quality comparison and the summary) never
+touches a JAX device (on a GPU it would reserve the memory the workers need).
+
+Output: one JSON line per measurement (stdout, and ``--output FILE``), then a summary line
+``{"summary": {...}}``. See docs/performance.md for the method and how to reproduce.
+
+  python -m benchmarks.compare --sizes 256,512,1024 --batches 1,4,8 --iters 20 --warmup 5
+  python -m benchmarks.compare --sizes 512 --batches 1 --dtype bfloat16 --reference-tuned
+  python -m benchmarks.compare --sizes 256 --batches 1 --time-to-quality --ttq-size 256 --ttq-evals 200
+
+jaxstyle's problem is the reference's: random VGG-19 weights in torchvision's convention (speed
+does not depend on their values), content relu4_2, style relu1_1..relu5_1 with Gram/(C·H·W) and
+mean-squared errors ("neural-style" normalization), and the reference's default loss weights
+(content 1e4, style 1e9, TV 1 on the reference's TV scale). A batch of B is B independent problems
+(`optimize.init_state` on [B, S, S, 3], `optimize.problem_targets`), which is how jaxstyle stylizes
+batches; the reference optimizes one [B, 3, S, S] tensor.
+
+``--devices 1,2,...`` adds jaxstyle runs with the batch sharded over that many devices (the first N
+of ``jax.devices()``; on a CPU the worker simulates them with
+``--xla_force_host_platform_device_count``, which shares the same cores, so only the code path is
+exercised there). The reference runs on one device only, so multi-device rows carry no ratio; the
+summary's ``scaling`` rows compare each with the one-device run of the same per-device batch.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +40,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from jaxstyle.bench.options import BenchOptions
-from jaxstyle.bench.processes import run_for_record
-from jaxstyle.bench.worker import TASKS, TRACE_EVERY, QualityTask, SpeedTask, significant, gib
+from benchmarks.options import BenchOptions, build_parser, options_from_args
+from benchmarks.processes import JsonLines, run_for_record
+from benchmarks.worker import TASKS, TRACE_EVERY, QualityTask, SpeedTask, significant, gib
 
 Record = dict[str, Any]
 QUALITY_TARGETS = (50, 150)  # reference evaluations whose clamped loss jaxstyle must reach
@@ -22,7 +50,7 @@ QUALITY_TARGETS = (50, 150)  # reference evaluations whose clamped loss jaxstyle
 
 def worker_command(task: SpeedTask | QualityTask) -> list[str]:
     kind = next(name for name, cls in TASKS.items() if isinstance(task, cls))
-    return [sys.executable, "-m", "jaxstyle.bench.worker",
+    return [sys.executable, "-m", "benchmarks.worker",
             json.dumps({"kind": kind, **dataclasses.asdict(task)})]
 
 
@@ -251,3 +279,25 @@ def summary(options: BenchOptions, rows: list[Record], quality: Record | None) -
         "time_to_quality": quality and {k: v for k, v in quality.items()
                                         if k not in ("jaxstyle_curve", "reference_curve")},
     }}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.compare``: returns the exit status."""
+    parser = build_parser(__doc__)
+    args = parser.parse_args(argv)
+    options = options_from_args(parser, args)
+    emit = JsonLines(options.output)
+    try:
+        rows = run_speed(options, emit)
+        quality = None
+        if options.time_to_quality:
+            quality = run_time_to_quality(options)
+            emit({"time_to_quality": quality})
+        emit(summary(options, rows, quality))
+    finally:
+        emit.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """jaxstyle's side of the benchmark, run in a subprocess of its own for each configuration.
 
-``python -m jaxstyle.bench.worker TASK_JSON`` runs one `SpeedTask` or `QualityTask` and prints
-its record as one JSON line; the parent (`jaxstyle.bench`) keeps the process's peak memory.
+``python -m benchmarks.worker TASK_JSON`` runs one `SpeedTask` or `QualityTask` and prints
+its record as one JSON line; the parent (`benchmarks.compare`) keeps the process's peak memory.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A sweep of N settings against N separate runs: ``python -m jaxstyle.bench.sweep`` prints JSON.
+"""A sweep of N settings against N separate runs: ``python -m benchmarks.sweep`` prints JSON.
 
 Each measurement is the wall time of a whole ``jaxstyle stylize`` process (start-up, weights, image
 loading, compile, the steps, writing), as a user would see it:
@@ -12,7 +12,7 @@ The weights are random (speed does not depend on their values) unless ``--weight
 a real-size VGG-19 file in the converted format is written to a temporary directory. Output: one
 JSON line per process, then ``{"summary": {...}}`` with the ratios sweep / separate.
 
-  python -m jaxstyle.bench.sweep --size 256 --iters 20 --values 10,100,1000,10000
+  python -m benchmarks.sweep --size 256 --iters 20 --values 10,100,1000,10000
 """
 
 from __future__ import annotations
@@ -27,41 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
-from jaxstyle.bench.options import DEFAULT_CONTENT, DEFAULT_STYLE
-from jaxstyle.bench.processes import REPOSITORY_ROOT
-from jaxstyle.models.vgg19 import CONV_LAYERS, Preprocessing
-from jaxstyle.weights import FORMAT, FORMAT_VERSION, safetensors_header, tensor_specs
-
-CAFFE = Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
-
-
-def write_random_weights(path: Path, seed: int = 0) -> Path:
-    """A real-size VGG-19 file (He-initialized, caffe convention) in jaxstyle's converted format."""
-    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "source": "keras",
-                "source_file": "random", "source_sha256": "0" * 64,
-                "preprocessing": json.dumps(CAFFE.to_dict())}
-    rng = np.random.default_rng(seed)
-    with open(path, "wb") as f:
-        f.write(safetensors_header(metadata))
-        for name, shape in tensor_specs():
-            if name.endswith(".kernel"):
-                fan_in = shape[0] * shape[1] * shape[2]
-                array = rng.normal(0, np.sqrt(2.0 / fan_in), shape)
-            else:
-                array = np.zeros(shape)
-            f.write(array.astype("<f4").tobytes())
-    assert len(CONV_LAYERS) * 2 == len(list(tensor_specs()))
-    return path
-
-
-def _resolve(path: str) -> Path:
-    for base in (Path.cwd(), REPOSITORY_ROOT):
-        if (base / path).exists():
-            return (base / path).resolve()
-    raise SystemExit(f"bench: {path} not found; pass --content/--style")
-
+from benchmarks.inputs import DEFAULT_CONTENT, DEFAULT_STYLE, shared_file, write_random_weights
+from benchmarks.processes import child_env
 
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -82,7 +50,7 @@ def _timed(argv: list[str], env: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxstyle.bench.sweep", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--iters", type=int, default=20, help="steps per run (default 20)")
@@ -93,9 +61,9 @@ def main(argv=None) -> int:
     p.add_argument("--weights", help="a converted weights file (default: random, written here)")
     args = p.parse_args(argv)
     values = [v for v in args.values.split(",") if v]
-    content, style = _resolve(args.content), _resolve(args.style)
-    env = {k: v for k, v in os.environ.items() if k != "JAXSTYLE_COMPILE_CACHE"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY_ROOT), env.get("PYTHONPATH")]))
+    content, style = shared_file(args.content), shared_file(args.style)
+    env = child_env()
+    env.pop("JAXSTYLE_COMPILE_CACHE", None)
     with tempfile.TemporaryDirectory(prefix="jaxstyle-bench-sweep-") as tmp:
         tmp = Path(tmp)
         weights = Path(args.weights) if args.weights else write_random_weights(tmp / "w.safetensors")

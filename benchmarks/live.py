@@ -1,11 +1,11 @@
-"""Does ``--web`` slow the optimization? ``python -m jaxstyle.bench.live`` prints JSON.
+"""Does ``--web`` slow the optimization? ``python -m benchmarks.live`` prints JSON.
 
 In one process (so that every timed run reuses the compiled program): one untimed run to compile,
 then runs without and with ``--web`` alternately, the page's event stream read by a client thread
 the whole time (every update encoded as PNG and sent). ``--print-iter 1`` by default: an update
 after every step, the worst case. Reports each run's wall time and the ratio of the medians.
 
-  python -m jaxstyle.bench.live --size 128 --iters 40 --repeats 3
+  python -m benchmarks.live --size 128 --iters 40 --repeats 3
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from jaxstyle.bench.sweep import _resolve, write_random_weights
-from jaxstyle.bench.options import DEFAULT_CONTENT, DEFAULT_STYLE
+from benchmarks.inputs import DEFAULT_CONTENT, DEFAULT_STYLE, shared_file, write_random_weights
 
 
 def _free_port() -> int:
@@ -49,7 +48,7 @@ def _read_events(port: int, counts: list[int], stop: threading.Event) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxstyle.bench.live", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.live", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--iters", type=int, default=40)
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="jaxstyle-bench-live-") as tmp:
         tmp = Path(tmp)
         weights = write_random_weights(tmp / "w.safetensors")
-        base = ["stylize", str(_resolve(args.content)), "--style", str(_resolve(args.style)),
+        base = ["stylize", str(shared_file(args.content)), "--style", str(shared_file(args.style)),
                 "--weights", str(weights), "-o", str(tmp / "out.png"), "--image-size",
                 str(args.size), "--num-iterations", str(args.iters), "--optimizer", "adam",
                 "--print-iter", str(args.print_iter), "--quiet"]

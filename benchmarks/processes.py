@@ -11,13 +11,13 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+
+from benchmarks.inputs import REPOSITORY_ROOT
 from typing import Any, Sequence, TextIO
 
 Record = dict[str, Any]
 OUT_OF_MEMORY_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "MemoryError",
                          "OutOfMemoryError", "std::bad_alloc")
-# The checkout holding this package (so that children import the same jaxstyle).
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +56,8 @@ class ChildResult:
         return f"failed with exit status {self.returncode}: {last[:300]}"
 
 
-def _child_env(devices: int = 1) -> dict[str, str]:
-    """The environment with this package importable (scripts/bench.py may run from a checkout);
+def child_env(devices: int = 1) -> dict[str, str]:
+    """This environment with the checkout first on PYTHONPATH (``benchmarks`` and the same jaxstyle);
     with ``devices`` > 1, that many host devices too (used only where JAX runs on the CPU)."""
     env = dict(os.environ)
     if devices > 1:
@@ -74,7 +74,7 @@ def run_child(command: Sequence[str], max_seconds: float, devices: int = 1,
     env: the child's environment (default: this one, with ``devices`` simulated CPU devices)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(list(command), stdout=out, stderr=err,
-                                   env=env if env is not None else _child_env(devices))
+                                   env=env if env is not None else child_env(devices))
         expired = threading.Event()
 
         def kill() -> None:
