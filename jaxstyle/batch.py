@@ -82,7 +82,8 @@ class BatchProgress:
 def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequence[np.ndarray],
                  cfg: Config, batch_size: int = 4, mesh: Mesh | None = None,
                  on_progress: Callable[[BatchProgress], None] | None = None,
-                 every: tuple[int, ...] = ()) -> list[stylize_lib.Result]:
+                 every: tuple[int, ...] = (),
+                 init_image: np.ndarray | None = None) -> list[stylize_lib.Result]:
     """Stylizes each content image with the same styles, in bucketed, sharded batches.
 
     Args:
@@ -90,6 +91,7 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
       styles: float32[Hs, Ws, 3] style images (blended by ``cfg.style_blend_weights``).
       batch_size: the most problems per compiled run (caps memory).
       mesh: the device mesh (default: all devices).
+      init_image: float32[Hi, Wi, 3], every problem's start for ``cfg.init == "image"``.
 
     Returns:
       One `stylize.Result` per content image (its ``images`` has one image), in input order.
@@ -117,8 +119,8 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
                     step = cfg.iterations_before(p.scale_index) + p.iteration
                     on_progress(BatchProgress(base + len(keys) * step, total, p, keys))
 
-            result = stylize_lib.stylize_batch(vgg, stacked, styles, cfg, on_progress=report,
-                                               every=every, to_host=_to_host)
+            result = stylize_lib.stylize_batch(vgg, stacked, styles, cfg, init_image=init_image,
+                                               on_progress=report, every=every, to_host=_to_host)
             for i, key in enumerate(batch):
                 results[key] = result.problem(i)
             done_before += len(batch) * cfg.total_iterations
