@@ -60,11 +60,12 @@ def make_film(path: Path, frames: list[np.ndarray], rate: int = 12, audio: bool 
 def streams(path: Path) -> dict:
     with av.open(str(path)) as c:
         v = c.streams.video[0]
+        size, rate = (v.codec_context.height, v.codec_context.width), v.average_rate
         frames = sum(1 for _ in c.decode(video=0))
     with av.open(str(path)) as c:
         audio = [p for p in c.demux(audio=0) if p.dts is not None] if c.streams.audio else []
-    return dict(frames=frames, size=(v.codec_context.height, v.codec_context.width),
-                rate=v.average_rate, audio=len(audio), audio_bytes=[bytes(p) for p in audio])
+    return dict(frames=frames, size=size, rate=rate, audio=len(audio),
+                audio_bytes=[bytes(p) for p in audio])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,3 +114,126 @@ def test_dis_flow_recovers_the_pan():
     warped = np.asarray(warp.warp(frames[0], bwd))
     err = np.abs(warped - frames[1]).mean(-1)
     assert mask.mean() > 0.75 and np.mean(err[mask > 0]) < 0.03
+
+
+# ----------------------------------------------------------------------------------------------
+# `jaxstyle video` on a 6-frame panning film with audio.
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    from jaxstyle.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def film(tmp_path_factory) -> Path:
+    return make_film(tmp_path_factory.mktemp("film") / "pan.mp4", pan_frames(6), rate=12)
+
+
+def video_args(film, weights, out, *extra):
+    style = Path(__file__).resolve().parents[2] / "shared" / "images" / "starry_night.jpg"
+    if not style.exists():
+        style = film.with_name("style.png")
+        image_io.save_image(np.random.default_rng(1).uniform(size=(40, 40, 3)), style)
+    return ("video", film, "--style", style, "-o", out, "--weights", weights,
+            "--image-size", FW, "--num-iterations", 3, "-q", *extra)
+
+
+def read_folder(folder: Path) -> np.ndarray:
+    return np.stack([image_io.load_image(p) for p in sorted(folder.glob("frame_*.png"))])
+
+
+def input_flows(film: Path):
+    frames = list(video_io.read_frames(film))
+    dis = flow.DISFlow()
+    pairs = [dis.pair(frames[t - 1], frames[t]) for t in range(1, len(frames))]
+    return (np.stack([b for _, b in pairs]),
+            np.stack([np.asarray(warp.occlusion_mask(f, b)) for f, b in pairs]))
+
+
+def test_video_keeps_frames_size_rate_and_audio_and_flickers_less(capsys, film,
+                                                                    keras_safetensors, tmp_path):
+    out = tmp_path / "out.mp4"
+    code, _, err = run(capsys, *video_args(film, keras_safetensors, out))
+    assert code == 0, err
+    got, want = streams(out), streams(film)
+    assert (got["frames"], got["size"], got["rate"]) == (6, (FH, FW), Fraction(12))
+    assert got["audio_bytes"] == want["audio_bytes"] and got["audio"] > 0
+    assert not Path(str(out) + ".frames").exists()
+    # Lossless PNG frames for the flicker metric: the film, and every frame stylized alone.
+    code, _, err = run(capsys, *video_args(film, keras_safetensors, tmp_path / "video"))
+    assert code == 0, err
+    code, _, err = run(capsys, *video_args(film, keras_safetensors, tmp_path / "alone",
+                                           "--independent"))
+    assert code == 0, err
+    flows, masks = input_flows(film)
+    stable = float(warp.warping_error(read_folder(tmp_path / "video"), flows, masks))
+    alone = float(warp.warping_error(read_folder(tmp_path / "alone"), flows, masks))
+    # Measured (synthetic weights, 3 iterations, default temporal weight 1e4): ~0.0027 alone
+    # against ~5e-5 with the temporal term, ~60x. The runs are fixed-iteration and deterministic
+    # (no timing, no early stop at 3 steps), so another CPU only changes float32 rounding, orders
+    # of magnitude below this margin; the target is 3x.
+    assert alone > 3 * stable, (alone, stable)
+
+
+def test_ctrl_c_then_resume_gives_the_uninterrupted_film(capsys, film, keras_safetensors,
+                                                        tmp_path, monkeypatch):
+    from jaxstyle.cli import video as video_cli
+
+    whole = tmp_path / "whole"
+    assert run(capsys, *video_args(film, keras_safetensors, whole))[0] == 0
+
+    def interrupt(index):
+        if index == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(video_cli, "_frame_done", interrupt)
+    code, _, err = run(capsys, *video_args(film, keras_safetensors, out))
+    assert code == 130 and "kept 3 finished frame(s)" in err
+    assert len(list(Path(str(out) + ".frames").glob("frame_*.png"))) == 3
+    # Without --resume the kept frames are not thrown away.
+    code, _, err = run(capsys, *video_args(film, keras_safetensors, out))
+    assert code == 1 and "--resume" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.undo()
+    code, _, err = run(capsys, *video_args(film, keras_safetensors, out, "--resume"))
+    assert code == 0, err
+    # Each frame starts from the stored 8-bit previous frame in both runs, so the same
+    # computations run on the same inputs: equal to the last 8-bit level (one level of slack for
+    # a float32 sum rounded on the other side of .5).
+    a, b = read_folder(whole), read_folder(out)
+    assert a.shape == b.shape == (6, FH, FW, 3)
+    assert np.max(np.abs(a - b)) <= 1 / 255 + 1e-6
+
+
+def test_bad_inputs_are_one_line(capsys, film, keras_safetensors, tmp_path, monkeypatch):
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("not a film")
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    cases = [
+        (not_video, (), "not a video"),
+        (empty, (), "not a video"),
+        (tmp_path / "missing.mp4", (), "no such file"),
+        (tmp_path, (), "no frames"),  # a folder without images
+        (film, ("--image-size", 63), "odd"),
+        (film, ("--image-size", 200000), "memory"),
+    ]
+    for source, extra, words in cases:
+        argv = list(video_args(source, keras_safetensors, tmp_path / "o.mp4", *extra))
+        if "--image-size" in extra:
+            i = argv.index("--image-size")
+            del argv[i:i + 2]
+            argv += ["--image-size", extra[1]]
+        code, _, err = run(capsys, *argv)
+        assert code == 1, (source, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("jaxstyle: error:"), err
+        assert words in err, err
+    assert not (tmp_path / "o.mp4").exists()
+    # Without the video extra: one line naming it.
+    monkeypatch.setitem(__import__("sys").modules, "av", None)
+    code, _, err = run(capsys, *video_args(film, keras_safetensors, tmp_path / "o.mp4"))
+    assert code == 1 and 'pip install "jaxstyle[video]"' in err and len(err.splitlines()) == 1

@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from jaxstyle.cli import apply, convert, stylize, train
+from jaxstyle.cli import apply, convert, stylize, train, video
 from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, OneLineParser, is_out_of_memory,
                                  out_of_memory_error, warnings_as_lines)
 from jaxstyle.errors import JaxstyleError
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_parser(sub)
     train.add_parser(sub)
     apply.add_parser(sub)
+    video.add_parser(sub)
     return parser
 
 

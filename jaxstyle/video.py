@@ -1,0 +1,105 @@
+"""Stylizing a film frame by frame without flicker (Ruder et al. 2016, "Artistic style transfer for
+videos"): arrays in, arrays out, on top of `stylize.stylize_batch`.
+
+The first frame is stylized as `stylize` does a still image. Each next frame t starts from the
+previous stylized frame warped onto it by the backward optical flow (`warp.warp`), with the content
+frame where the flow says the pixel was not visible before (`warp.occlusion_mask`), and adds the
+temporal term `losses.temporal_loss` (weight · Σ c·(x − ω)² / (H·W·3) on [0, 1]) to the loss; it
+runs at the final scale only (the warped start already has the picture's layout).
+
+Temporal weights (the term on the [0, 1] scale):
+  * neural-style's absolute weights: Ruder et al.'s 1e3 on the 0–255 scale = 1e3·255² on [0, 1];
+  * jaxstyle's relative weights (`config.RELATIVE_WEIGHTS`, content ≈ 1 for an image that shares
+    nothing with its target): `RELATIVE_TEMPORAL_WEIGHT`, chosen with benchmarks/video.py (see
+    docs/video.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxstyle import stylize as stylize_lib
+from jaxstyle import warp
+from jaxstyle.config import Config
+from jaxstyle.models import vgg19
+
+Array = jax.Array
+
+ABSOLUTE_TEMPORAL_WEIGHT = 1e3 * 255.0**2
+RELATIVE_TEMPORAL_WEIGHT = 1e4
+
+
+def default_temporal_weight(cfg: Config) -> float:
+    """Ruder et al.'s weight on the scale of ``cfg``'s loss weights (see the module's docstring)."""
+    return RELATIVE_TEMPORAL_WEIGHT if cfg.loss_scale == "relative" else ABSOLUTE_TEMPORAL_WEIGHT
+
+
+@jax.jit
+def _warped_start(previous: Array, content: Array, flow_fwd: Array, flow_bwd: Array):
+    warped = warp.warp(previous, flow_bwd)
+    mask = warp.occlusion_mask(flow_fwd, flow_bwd)[..., None]
+    return mask * warped + (1.0 - mask) * content, warped, mask
+
+
+def warped_start(previous: np.ndarray, content: np.ndarray, flow_fwd: np.ndarray,
+                 flow_bwd: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame t's start from the previous stylized frame.
+
+    Args:
+      previous: float32[H, W, 3], stylized frame t-1.
+      content: float32[H, W, 3], content frame t.
+      flow_fwd, flow_bwd: float32[H, W, 2] between the INPUT frames t-1 and t (`jaxstyle.warp`).
+
+    Returns:
+      (start float32[H, W, 3]: the warped previous frame where visible, the content elsewhere;
+       warped float32[H, W, 3]; mask float32[H, W, 1] of 0/1).
+    """
+    return tuple(np.asarray(a) for a in _warped_start(previous, content, flow_fwd, flow_bwd))
+
+
+@dataclasses.dataclass(frozen=True)
+class Previous:
+    """What frame t keeps of frame t-1: ``start``, ``warped`` and ``mask`` of `warped_start`."""
+
+    start: np.ndarray
+    warped: np.ndarray
+    mask: np.ndarray
+
+
+def stylize_frames(vgg: vgg19.VGG, contents: np.ndarray, styles: Sequence[np.ndarray], cfg: Config,
+                   previous: Sequence[Previous] | None = None, temporal_weight: float | None = None,
+                   on_progress: Callable[[stylize_lib.Progress], None] | None = None,
+                   every: tuple[int, ...] = (), **kwargs) -> stylize_lib.Result:
+    """P frames (of P films, or P segments of one) as one batch, each its own problem.
+
+    Args:
+      contents: float32[P, H, W, 3], the content frames at the output's size.
+      previous: None for first frames (stylized as still images, every scale of ``cfg``), or one
+        `Previous` per frame: then only the final scale runs, from ``start``, with the temporal term.
+      temporal_weight: the temporal term's weight (None: `default_temporal_weight`).
+      kwargs: passed to `stylize.stylize_batch` (guidance, init_image, to_host).
+
+    Returns:
+      `stylize.Result` with the P stylized frames.
+    """
+    if previous is None:
+        return stylize_lib.stylize_batch(vgg, contents, styles, cfg, on_progress=on_progress,
+                                         every=every, **kwargs)
+    weight = default_temporal_weight(cfg) if temporal_weight is None else temporal_weight
+    start = stylize_lib.Start(len(cfg.all_scales) - 1, 0, np.stack([p.start for p in previous]))
+    temporal = {"image": jnp.asarray(np.stack([p.warped for p in previous])),
+                "mask": jnp.asarray(np.stack([p.mask for p in previous])), "weight": weight}
+    return stylize_lib.stylize_batch(vgg, contents, styles, cfg, start=start, temporal=temporal,
+                                     on_progress=on_progress, every=every, **kwargs)
+
+
+def quantize(image: np.ndarray) -> np.ndarray:
+    """An output frame as it is stored (8 bits a channel), as the next frame starts from it: a run
+    resumed from the stored frames then equals an uninterrupted one."""
+    return (np.clip(np.rint(np.asarray(image, np.float32) * 255.0), 0, 255) / 255.0).astype(
+        np.float32)
