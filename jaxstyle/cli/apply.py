@@ -20,6 +20,9 @@ from jaxstyle.config import DTYPES
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.models import transformer
 
+# Inputs that are films (`jaxstyle.video_io.VIDEO_SUFFIXES`; PyAV is only imported for them).
+FILM_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".flv",
+                 ".wmv", ".ogv", ".3gp")
 # Images read (and held) at a time: bounds memory on folders of thousands of frames.
 CHUNK = 64
 
@@ -60,6 +63,10 @@ def output_path(outdir: Path, path: Path, bit_depth: int = 8) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     net = netfile.load(args.net)
+    if len(args.inputs) == 1 and Path(args.inputs[0]).suffix.lower() in FILM_SUFFIXES:
+        from jaxstyle.cli.video import apply_film  # a film: streamed through the network
+
+        return apply_film(args, net, _stylize)
     paths = image_io.collect_images(args.inputs)
     if not paths:
         raise JaxstyleError(f"no images found in {', '.join(args.inputs)}; give image files or "
