@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import errno
 import io
+import ipaddress
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,6 +63,14 @@ source.onmessage=function(e){const m=JSON.parse(e.data);const s=m.status;
 """
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _data_url(image: np.ndarray) -> str:
     array = np.round(np.clip(np.nan_to_num(np.asarray(image, np.float32)), 0, 1) * 255)
     buffer = io.BytesIO()
@@ -87,6 +96,7 @@ class LiveServer:
             raise JaxstyleError(f"cannot serve the live view on {host}:{port} ({why})") from None
         self._server.daemon_threads = True
         self.host, self.port = self._server.server_address[:2]
+        self._asked_host = host  # a name (e.g. localhost) that the address came from
         self._threads = [threading.Thread(target=self._server.serve_forever, daemon=True,
                                           name="jaxstyle-live-http"),
                          threading.Thread(target=self._encode_loop, daemon=True,
@@ -146,6 +156,20 @@ class LiveServer:
                 raise ConnectionAbortedError
             return self._version, (self._message if self._version > seen else None)
 
+    def accepts_host(self, header: str | None) -> bool:
+        """Whether a request's Host header names this server: its address with its port (and
+        ``localhost`` for a loopback address). A page bound to localhost must not answer a DNS-
+        rebinding site, whose requests name the attacker's host. Bound to every interface
+        (0.0.0.0, ::), the page is open to the network on purpose: any name is accepted."""
+        if self.host in ("0.0.0.0", "::", ""):
+            return True
+        names = {self.host.lower(), self._asked_host.lower()}
+        if _is_ip(self.host) and ipaddress.ip_address(self.host).is_loopback:
+            names.add("localhost")
+        shown = {f"[{n}]" if ":" in n else n for n in names}
+        allowed = {f"{n}:{self.port}" for n in shown} | (shown if self.port == 80 else set())
+        return (header or "").strip().lower() in allowed
+
     def _handler(self):
         live = self
 
@@ -154,7 +178,9 @@ class LiveServer:
                 pass
 
             def do_GET(self) -> None:
-                if self.path in ("/", "/index.html"):
+                if not live.accepts_host(self.headers.get("Host")):
+                    self.send_error(403, "unexpected Host header")
+                elif self.path in ("/", "/index.html"):
                     body = PAGE.encode()
                     self.send_response(200)
                     self.send_header("Content-Type", "text/html; charset=utf-8")
