@@ -12,6 +12,7 @@ The CLI maps its flags one to one onto these fields (``--content-weight`` → ``
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 from jaxstyle.models import vgg19
@@ -195,8 +196,19 @@ def _check_layer_weights(kind: str, layers: tuple[str, ...], weights: tuple[floa
         raise ConfigError(f"{kind} layer weights must be >= 0")
 
 
+def _check_finite(cfg: Config) -> None:
+    """NaN and infinities pass every comparison the checks below make (or fail them with the wrong
+    advice), so every number must be finite first."""
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{field.name.replace('_', ' ')} must be finite numbers; got {value}")
+
+
 def validate(cfg: Config) -> None:
     """Raises ConfigError (a ValueError) with a one-line message for the first invalid field."""
+    _check_finite(cfg)
     vgg19.check_layers(cfg.content_layers)
     vgg19.check_layers(cfg.style_layers)
     _check_layer_weights("content", cfg.content_layers, cfg.content_layer_weights)
@@ -231,6 +243,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"image size must be >= 16 pixels (VGG-19 needs it); got {cfg.image_size}")
     if cfg.scales is not None and (not cfg.scales or min(cfg.scales) < 16):
         raise ConfigError(f"every scale must be >= 16 pixels; got {cfg.scales}")
+    if cfg.scales is not None and any(b <= a for a, b in zip(cfg.scales, cfg.scales[1:])):
+        raise ConfigError("scales must be strictly increasing, coarse to fine (e.g. --scales "
+                          f"256,512,1024); got {','.join(map(str, cfg.scales))}")
     if not cfg.style_scale > 0:
         raise ConfigError(f"style scale must be > 0; got {cfg.style_scale}")
     if not cfg.stop_tolerance >= 0:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Iterable, Sequence, Union
@@ -21,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from jaxstyle import imageops
 from jaxstyle.errors import JaxstyleError
-from jaxstyle.files import atomic_write
+from jaxstyle.files import atomic_write, check_output_file
 from jaxstyle.imageops import fit_long_side  # noqa: F401 (image_io.fit_long_side, as before)
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -280,40 +279,13 @@ def check_output_path(output: PathLike, inputs: Iterable[PathLike | None] = (),
     if bit_depth == 16 and output.suffix.lower() != ".png":
         raise JaxstyleError(f"16 bits per channel are written as PNG only; name the output "
                             f"'{output.with_suffix('.png').name}' or drop --bit-depth 16")
-    for inp in inputs:
-        if inp is not None and _same_file(output, Path(inp)):
-            raise JaxstyleError(
-                f"output '{output}' would overwrite input '{inp}'; choose another output path"
-            )
-    parent = output.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        why = (
-            "a file is in the way"
-            if isinstance(e, (FileExistsError, NotADirectoryError))
-            else e.strerror or _one_line(e)
-        )
-        raise JaxstyleError(
-            f"cannot create output directory '{parent}' ({why}); choose another output path"
-        ) from e
-    try:  # os.access is unreliable (root, ACLs, read-only mounts): really create a file
-        fd, probe = tempfile.mkstemp(dir=parent)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        raise JaxstyleError(
-            f"output directory '{parent}' is not writable ({e.strerror or _one_line(e)}); "
-            "choose another output path"
-        ) from e
-    return output
+    return check_output_file(output, inputs)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)  # sees through hard links and symlinks
-    except OSError:  # one of them does not exist (yet)
-        return a.resolve() == b.resolve()
+def is_folder(output: PathLike) -> bool:
+    """Whether an output path names a folder: it ends with a path separator or is a directory."""
+    text = os.fspath(output)
+    return text.endswith(("/", os.sep)) or Path(text).is_dir()
 
 
 def _clipped(image: np.ndarray) -> np.ndarray:

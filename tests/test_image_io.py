@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from jaxstyle import image_io
+from jaxstyle import files, image_io
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.image_io import (
     check_output_path,
@@ -262,7 +262,7 @@ def test_output_directory_not_writable(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(image_io.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
     assert "not writable" in _error(check_output_path, locked / "out.png")
 
 

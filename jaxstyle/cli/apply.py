@@ -18,6 +18,7 @@ from jaxstyle import image_io, netfile
 from jaxstyle.cli.common import EXIT_ERROR, positive, progress_bar, warn
 from jaxstyle.config import DTYPES
 from jaxstyle.errors import JaxstyleError
+from jaxstyle.files import check_outputs
 from jaxstyle.models import transformer
 
 # Inputs that are films (`jaxstyle.video_io.VIDEO_SUFFIXES`; PyAV is only imported for them).
@@ -34,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("net", help="NET file (.safetensors) written by `jaxstyle train`")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of them")
     p.add_argument("-o", "--output", required=True,
-                   help="output image for one input; a directory for several (named after them)")
+                   help="output image for one input; a directory (an existing one, or a path "
+                        "ending with /) for several or one (each named after its input)")
     p.add_argument("--image-size", type=positive(int),
                    help="resize each input so its long side is this many pixels (default: as is)")
     p.add_argument("--original-colors", action="store_true",
@@ -71,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise JaxstyleError(f"no images found in {', '.join(args.inputs)}; give image files or "
                             "folders that hold some")
-    single = len(paths) == 1 and not Path(args.inputs[0]).is_dir()
     out = Path(args.output)
+    single = (len(paths) == 1 and not Path(args.inputs[0]).is_dir()
+              and not image_io.is_folder(args.output))
     if single:
         targets = {paths[0]: image_io.check_output_path(out, [args.net, *paths], args.bit_depth)}
     else:
@@ -80,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
             raise JaxstyleError(f"several inputs need an output directory, not '{out}'; use e.g. "
                                 "-o stylized/")
         targets = {p: output_path(out, p, args.bit_depth) for p in paths}
-        if len(set(targets.values())) < len(targets):
-            raise JaxstyleError("two inputs have the same name; their outputs would collide")
+        check_outputs({f"'{p}'": t for p, t in targets.items()}, [args.net, *paths])
         out.mkdir(parents=True, exist_ok=True)
     mesh = batch_lib.device_mesh()
     size = batch_lib.padded_batch_size(args.batch_size, args.batch_size, mesh.devices.size)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import Callable, Iterator
 
@@ -73,23 +76,34 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"jaxstyle: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _number(kind: Callable, text: str):
+    """``kind(text)``, refusing what is not a finite number (NaN and infinities pass ``float``)."""
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def csv(kind: Callable) -> Callable[[str], tuple]:
-    """A flag type: comma-separated values of ``kind``."""
+    """A flag type: comma-separated values of ``kind`` (finite, where ``kind`` makes numbers)."""
     def parse(text: str) -> tuple:
         try:
-            return tuple(kind(x) for x in text.split(",") if x.strip())
+            values = tuple(kind(x.strip()) for x in text.split(",") if x.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"every value must be a finite number, got {text!r}")
+        return values
     return parse
 
 
 def positive(kind: Callable) -> Callable[[str], float]:
-    """A flag type: a number of ``kind`` that is > 0."""
+    """A flag type: a finite number of ``kind`` that is > 0."""
     def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+        value = _number(kind, text)
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
@@ -97,11 +111,8 @@ def positive(kind: Callable) -> Callable[[str], float]:
 
 
 def non_negative_float(text: str) -> float:
-    """A flag type: a float >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    """A flag type: a finite float >= 0."""
+    value = _number(float, text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
@@ -192,3 +203,53 @@ def available_memory() -> tuple[int, str]:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"), "this host"
+
+
+# ----------------------------------------------------------------------------------------------
+# Ctrl-C.
+
+
+class StopRequest:
+    """Ctrl-C during compiled work, handled at safe points.
+
+    Python raises KeyboardInterrupt wherever it is when SIGINT arrives; inside a JAX call (XLA
+    compiles on its own threads and only polls for signals) that leaves a compile running while
+    the interpreter tears down, which crashed the process (exit 139). So within ``on_ctrl_c`` the
+    first Ctrl-C only sets ``requested``: the caller stops at its next safe point (after the step
+    or chunk in flight). A second Ctrl-C quits at once: one line, exit 130, no interpreter
+    teardown (outputs are written atomically, so none is left half-written).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            quit_at_once()
+        self.requested = True
+
+    @contextlib.contextmanager
+    def on_ctrl_c(self) -> Iterator["StopRequest"]:
+        """Installs the handler for the block (main thread only; elsewhere Ctrl-C is Python's).
+        After a requested stop, a further Ctrl-C quits at once even after the block (unless the
+        caller had its own handler): the process is on its way out, and a Ctrl-C while it writes
+        or exits must not end in a traceback from an atexit hook."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield self
+        finally:
+            stays = self.requested and previous is signal.default_int_handler
+            signal.signal(signal.SIGINT, (lambda signum, frame: quit_at_once()) if stays
+                          else previous)
+
+
+def quit_at_once() -> None:
+    """Ends the process now with one line and exit status 130 (a second Ctrl-C)."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    with contextlib.suppress(Exception):
+        print("jaxstyle: interrupted twice: stopped at once, without writing", file=sys.stderr, flush=True)
+    os._exit(EXIT_INTERRUPTED)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from jaxstyle import download, weights
 from jaxstyle.cli.common import download_progress
+from jaxstyle.errors import JaxstyleError
 
 SOURCES = ("keras", "torchvision", "caffe")
 
@@ -28,6 +30,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    if Path(args.output).suffix != ".safetensors":
+        raise JaxstyleError(f"the converted weights file '{args.output}' must end in .safetensors, "
+                            f"e.g. {Path(args.output).with_suffix('.safetensors').name}")
     info = weights.convert(args.src, args.output, source=args.source)
     print(f"converted {args.src} ({info.source}) -> {args.output}")
     return 0

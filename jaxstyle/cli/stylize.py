@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import numpy as np
 
 from jaxstyle import batch, guidance, image_io, memory
 from jaxstyle import stylize as stylize_lib
-from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, add_weights_flags,
+from jaxstyle.cli import resume
+from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, StopRequest, add_weights_flags,
                                  available_memory, csv, enable_compilation_cache,
                                  is_out_of_memory, load_network,
                                  non_negative_float, out_of_memory_error, positive, progress_bar,
@@ -25,10 +25,13 @@ from jaxstyle.cli.watch import open_watch, web_address
 from jaxstyle.config import (DTYPES, HISTORY_DTYPES, INITS, NORMALIZATIONS, OPTIMIZERS, PRESETS,
                              RELATIVE_WEIGHTS, STYLE_LOSSES, Config, from_preset)
 from jaxstyle.errors import JaxstyleError
-from jaxstyle.files import atomic_write
+from jaxstyle.files import check_outputs
 from jaxstyle.imageops import fit_long_side
 
-CHECKPOINT_SUFFIX = ".resume.npz"
+CHECKPOINT_SUFFIX = resume.SUFFIX
+# A style mask whose mean, at the run's size, is below this (0.5 % of the image fully white)
+# selects too little to show its style: one white pixel of a 640x480 mask is 0.03 % at 64 px.
+MIN_MASK_COVERAGE = 0.005
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--style", "-s", action="extend", nargs="+", required=True, metavar="IMAGE",
                    help="style image(s); several are blended (see --style-blend-weights)")
     p.add_argument("-o", "--output", default="out.png",
-                   help="output image (default out.png); a directory for several contents")
+                   help="output image (default out.png); a directory (an existing one, or a path "
+                        "ending with /) writes <content name>.png in it, as for several contents")
     add_weights_flags(p)
     g = p.add_argument_group("loss")
     weights_help = ("default: each term relative to its target's scale (see --preset); any of "
@@ -113,8 +117,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--style-scale", type=positive(float), default=d.style_scale)
     g.add_argument("--style-size", type=positive(int), metavar="PX",
                    help="long side of the style images in pixels (instead of --style-scale)")
-    g.add_argument("--init", choices=INITS, default=d.init)
-    g.add_argument("--init-image", metavar="IMAGE")
+    g.add_argument("--init", choices=INITS,
+                   help=f"the starting image (default {d.init}; image with --init-image)")
+    g.add_argument("--init-image", metavar="IMAGE",
+                   help="start from this image (implies --init image)")
     g.add_argument("--original-colors", action="store_true",
                    help="keep the content's colours (luminance transfer)")
     g.add_argument("--pooling", choices=("max", "avg"), default=d.pooling)
@@ -135,7 +141,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "first (instead of --original-colors)")
     g = p.add_argument_group("output")
     g.add_argument("--save-iter", type=int, default=0, metavar="N",
-                   help="also save OUTPUT_<iter>.<ext> every N iterations, and a resume checkpoint")
+                   help="also save OUTPUT_<iter>.<ext> every N iterations, and a resume checkpoint "
+                        "(one content image; with several, how often --log-dir logs images)")
     g.add_argument("--print-iter", type=int, default=10, metavar="N",
                    help="update the progress bar every N iterations")
     g.add_argument("--gif", metavar="PATH",
@@ -169,6 +176,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _init(args: argparse.Namespace) -> str | None:
+    """--init, where --init-image alone implies ``image`` (as in neural-style, an init image is
+    meant to be the start)."""
+    if args.init_image and args.init not in (None, "image"):
+        raise JaxstyleError(f"--init-image starts from an image, but --init {args.init} starts "
+                            "elsewhere: drop one of them")
+    return "image" if args.init_image else args.init
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The `Config` that stylize flags describe (ConfigError for inconsistent values)."""
     style_scale = args.style_scale
@@ -192,7 +208,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         lbfgs_history_dtype=args.lbfgs_history_dtype, lbfgs_pyramid=args.lbfgs_pyramid,
         num_iterations=args.num_iterations, image_size=size, scales=args.scales,
         num_scales=args.num_scales, coarse_iterations=args.coarse_iterations,
-        style_scale=style_scale, init=args.init, init_image=args.init_image, seed=args.seed,
+        style_scale=style_scale, init=_init(args), init_image=args.init_image, seed=args.seed,
         original_colors=args.original_colors, pooling=args.pooling,
         compute_dtype=args.compute_dtype, stop_tolerance=args.stop_tolerance,
         stop_window=args.stop_window, average=args.average, keep_best=args.keep_best,
@@ -203,33 +219,24 @@ def _snapshot_path(output: Path, iteration: int) -> Path:
     return output.with_name(f"{output.stem}_{iteration}{output.suffix}")
 
 
-def save_checkpoint(path: Path, images, scale_index: int, iteration: int, cfg: Config) -> None:
-    """The run's images and position, written atomically next to the output (for --resume)."""
-    atomic_write(path, lambda f: np.savez(
-        f, images=np.asarray(images), scale_index=scale_index, iteration=iteration,
-        config=json.dumps(dataclasses.asdict(cfg))))
+def snapshot_paths(output: Path, cfg: Config, save_iter: int) -> list[Path]:
+    """Every OUTPUT_<iter> file ``--save-iter`` may write (at each scale's multiples of it)."""
+    if save_iter <= 0:
+        return []
+    return [_snapshot_path(output, cfg.iterations_before(s) + k)
+            for s, cap in enumerate(cfg.scale_iterations) for k in range(0, cap, save_iter)]
 
 
-def load_checkpoint(path: Path, cfg: Config):
-    if not path.exists():
-        raise JaxstyleError(f"--resume: no checkpoint '{path}' (one is written by --save-iter and "
-                            "on Ctrl-C); run without --resume")
-    try:
-        with np.load(path) as data:
-            saved = json.loads(str(data["config"]))
-            start = stylize_lib.Start(int(data["scale_index"]), int(data["iteration"]),
-                                      data["images"])
-    except Exception as e:  # a damaged checkpoint is a user-facing problem, whatever numpy raises
-        raise JaxstyleError(f"--resume: checkpoint '{path}' is damaged ({e}); delete it") from e
-    for key in ("image_size", "scales"):
-        if saved[key] != (list(getattr(cfg, key)) if isinstance(getattr(cfg, key), tuple)
-                          else getattr(cfg, key)):
-            raise JaxstyleError(f"--resume: checkpoint '{path}' was made with a different "
-                                f"--{key.replace('_', '-')}; use the same flags or drop --resume")
-    if start.scale_index >= len(cfg.all_scales) or start.iteration > cfg.num_iterations:
-        raise JaxstyleError(f"--resume: checkpoint '{path}' is past this run's end; raise "
-                            "--num-iterations to continue it")
-    return start
+def check_run_outputs(args: argparse.Namespace, cfg: Config, output: Path, inputs: list) -> None:
+    """Before any work: neither the snapshots, the GIF nor the checkpoint overwrites an input,
+    and no two of them (nor -o) are the same file."""
+    targets: dict[str, Path] = {"-o": output}
+    if args.gif:
+        targets["--gif"] = image_io.check_output_path(args.gif, inputs)
+    targets["the resume checkpoint"] = resume.checkpoint_path(output)
+    for path in snapshot_paths(output, cfg, args.save_iter):
+        targets[f"a --save-iter snapshot ({path.name})"] = path
+    check_outputs(targets, inputs)
 
 
 GUIDANCE_FLAGS = ("style_masks", "style_region_masks", "content_map", "style_map")
@@ -287,10 +294,20 @@ def load_guidance(args: argparse.Namespace, cfg: Config, long_side: int, style_l
         image_io.load_mask(m, style_long, role="style region mask") for m in args.style_region_masks]
     for paths, loaded in ((args.style_masks, masks), (args.style_region_masks, regions)):
         for path, mask in zip(paths or (), loaded or ()):
-            if not mask.max() > 0:
-                raise JaxstyleError(f"mask '{path}' is all black, so it selects nothing; paint white "
-                                    "where the style applies")
+            check_mask_coverage(path, mask)
     return guidance.from_masks(len(args.style), masks, regions, cfg.blend_weights(len(args.style)))
+
+
+def check_mask_coverage(path: str, mask: np.ndarray) -> None:
+    """A mask that, resized for the run, covers under `MIN_MASK_COVERAGE` of the image selects
+    (next to) nothing: a one-line error rather than a run that ignores its style."""
+    coverage = float(mask.mean())
+    if not coverage >= MIN_MASK_COVERAGE:
+        what = "is all black" if not mask.max() > 0 else (
+            f"covers {coverage:.2%} of the image at {max(mask.shape)} px (under "
+            f"{MIN_MASK_COVERAGE:.1%})")
+        raise JaxstyleError(f"mask '{path}' {what}, so it selects (almost) nothing; paint white "
+                            "where the style applies")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -298,16 +315,24 @@ def run(args: argparse.Namespace) -> int:
     enable_compilation_cache(args)
     if (args.sweep or args.log_dir or args.web) and getattr(args, "watch", None) is None:
         return run_watched(args, cfg)
+    stop = StopRequest()
+    with stop.on_ctrl_c():  # from here on, Ctrl-C stops at safe points (see `StopRequest`)
+        return run_guarded(args, cfg, stop)
+
+
+def run_guarded(args: argparse.Namespace, cfg: Config, stop: StopRequest) -> int:
+    """`run` for one content image, or several (`run_many`), with Ctrl-C handled by ``stop``."""
     contents = [Path(c) for c in args.content]
     if not contents:
         check_guidance_flags(args, cfg, has_content=False)
     if len(contents) > 1 or (contents and contents[0].is_dir()) or args.all_pairs:
-        return run_many(args, cfg)  # several images: outputs into a directory
+        return run_many(args, cfg, stop)  # several images: outputs into a directory
     check_guidance_flags(args, cfg, has_content=bool(contents))
-    inputs = [*contents, *args.style, args.init_image, *_guidance_inputs(args)]
+    if contents and image_io.is_folder(args.output):  # one content into a folder: <stem>.png
+        args.output = str(output_path(Path(args.output), contents[0], None))
+    inputs = [*contents, *args.style, args.init_image, *_guidance_inputs(args), args.weights]
     output = image_io.check_output_path(args.output, inputs, args.bit_depth)
-    if args.gif:
-        image_io.check_output_path(args.gif, inputs)
+    check_run_outputs(args, cfg, output, inputs)
     long_side = max(cfg.all_scales)
     # Before loading: a huge --image-size must not get the process killed.
     dims = image_io.image_dimensions(contents[0] if contents else Path(args.content_map))
@@ -323,8 +348,11 @@ def run(args: argparse.Namespace) -> int:
     guide = load_guidance(args, cfg, long_side, style_long)
     init_image = (image_io.load_image(cfg.init_image, long_side, role="init image")
                   if cfg.init == "image" else None)
-    checkpoint = output.with_name(output.name + CHECKPOINT_SUFFIX)
-    start = load_checkpoint(checkpoint, cfg) if args.resume else None
+    checkpoint = resume.checkpoint_path(output)
+    made_from = resume.inputs_record([contents[0] if contents else args.content_map], [content],
+                                     args.style, styles)
+    start = (resume.load(checkpoint, cfg, made_from, content.shape[:2]) if args.resume
+             else None)
     vgg = load_network(args, args.quiet)
 
     total = cfg.total_iterations
@@ -354,12 +382,16 @@ def run(args: argparse.Namespace) -> int:
         if args.save_iter and p.iteration % args.save_iter == 0 and p.iteration < p.num_iterations:
             image_io.save_image(finish_image(last["images"]), _snapshot_path(output, done),
                                 bit_depth=args.bit_depth)
-            save_checkpoint(checkpoint, last["images"], p.scale_index, p.iteration, cfg)
+            resume.save(checkpoint, last["images"], p.scale_index, p.iteration, cfg, made_from)
         if args.gif and p.iteration % args.gif_every == 0:
             frames.append(finish_image(last["images"]))
+        if stop.requested:  # Ctrl-C: stop here, between compiled chunks
+            raise KeyboardInterrupt
 
     every = tuple(k for k in (args.print_iter, args.save_iter, args.gif and args.gif_every) if k)
     try:
+        if stop.requested:  # Ctrl-C while loading
+            raise KeyboardInterrupt
         result = stylize_lib.stylize_batch(vgg, content[None], styles, cfg, init_image=init_image,
                                            start=start, on_progress=on_progress, every=every,
                                            guidance=guide)
@@ -369,7 +401,8 @@ def run(args: argparse.Namespace) -> int:
             print("jaxstyle: interrupted before the first image; nothing written", file=sys.stderr)
             return EXIT_INTERRUPTED
         image_io.save_image(finish_image(last["images"]), output, bit_depth=args.bit_depth)
-        save_checkpoint(checkpoint, last["images"], last["scale_index"], last["iteration"], cfg)
+        resume.save(checkpoint, last["images"], last["scale_index"], last["iteration"], cfg,
+                    made_from)
         print(f"jaxstyle: interrupted; wrote the latest image to {output}; continue with --resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -395,7 +428,8 @@ def run(args: argparse.Namespace) -> int:
         sizes = {f.shape for f in frames}
         if len(sizes) > 1:  # coarse-to-fine: bring early frames to the final size
             frames = [image_io.resize(f, *result.images[0].shape[:2]) for f in frames]
-        (image_io.save_gif if gif.suffix.lower() == ".gif" else image_io.save_strip)(frames, gif)
+        save = image_io.save_gif if gif.suffix.lower() == ".gif" else image_io.save_strip
+        save(frames, gif, inputs=inputs)
     if result.diverged[0]:  # no checkpoint: resuming from where it diverged would diverge again
         raise JaxstyleError(
             f"the loss became NaN or infinite; kept the last finite image in {output}. Lower "
@@ -448,7 +482,7 @@ def output_path(outdir: Path, content: Path, style: Path | None, suffix: str = "
     return outdir / f"{name}{suffix}"
 
 
-def run_many(args: argparse.Namespace, cfg: Config) -> int:
+def run_many(args: argparse.Namespace, cfg: Config, stop: StopRequest) -> int:
     """``jaxstyle stylize a.jpg b.jpg photos/ --style s.jpg -o outdir/``: several content images,
     batched (`batch.stylize_many`), one output file each."""
     contents = image_io.collect_images(args.content)
@@ -461,6 +495,9 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
                             "use e.g. -o stylized/")
     if args.resume or args.gif:
         raise JaxstyleError("--resume and --gif apply to one content image; drop them for a batch")
+    if args.save_iter and not args.log_dir:
+        raise JaxstyleError("--save-iter writes snapshots of one content image; with several it "
+                            "only sets how often --log-dir logs images: drop it or add --log-dir")
     given = [f"--{f.replace('_', '-')}" for f in (*GUIDANCE_FLAGS, "color_match") if getattr(args, f)]
     if given:
         raise JaxstyleError(f"{', '.join(given)} work on one content image at a time (its masks "
@@ -468,6 +505,10 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
     style_paths = [Path(s) for s in args.style]
     pairs: list[tuple[Path | None, list[Path]]] = (
         [(s, [s]) for s in style_paths] if args.all_pairs else [(None, style_paths)])
+    # Same-stem inputs would overwrite each other's output: refused before any work.
+    check_outputs({f"'{c}'" + (f" with '{s}'" if s else ""): output_path(outdir, c, s)
+                   for c in contents for s, _ in pairs},
+                  [*contents, *style_paths, args.init_image, args.weights])
     quiet = args.quiet
     long_side = max(cfg.all_scales)
     # Before loading: the worst case, a square image, in full batches.
@@ -475,6 +516,8 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
                  1 if args.all_pairs else len(args.style))
     style_long = max(16, round(cfg.style_scale * long_side))
     styles = {p: image_io.load_image(p, style_long, role="style image") for p in style_paths}
+    init_image = (image_io.load_image(cfg.init_image, long_side, role="init image")
+                  if cfg.init == "image" else None)
 
     loaded, skipped = {}, []
     for path in contents:
@@ -505,10 +548,15 @@ def run_many(args: argparse.Namespace, cfg: Config) -> int:
             bar.update(base + p.done - bar.n)
             if watch is not None:
                 watch.progress(p.progress, [first + k for k in p.problems])
+            if stop.requested:  # Ctrl-C: stop here, between compiled chunks
+                raise KeyboardInterrupt
+        if stop.requested:  # Ctrl-C while loading, or between pairs
+            raise KeyboardInterrupt
         results = batch.stylize_many(vgg, [loaded[n] for n in names],
                                      [styles[s] for s in style_list], cfg,
                                      batch_size=args.batch_size, on_progress=update,
-                                     every=(args.print_iter,) if args.print_iter else ())
+                                     every=(args.print_iter,) if args.print_iter else (),
+                                     init_image=init_image)
         offset += bar.total // len(pairs)
         if jax.process_index() == 0:  # every host holds every result; one writes
             for name, result in zip(names, results):

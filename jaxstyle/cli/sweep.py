@@ -7,20 +7,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
 from jaxstyle import image_io
 from jaxstyle import sweep as sweep_lib
-from jaxstyle.cli.common import EXIT_ERROR, load_network, progress_bar, warn
+from jaxstyle.cli.common import EXIT_ERROR, StopRequest, load_network, progress_bar, warn
 from jaxstyle.config import INITS, Config
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.files import atomic_write
 from jaxstyle.sheet import contact_sheet
 
 
+def _finite(text: str) -> float:
+    """A float that is a number: NaN and infinities would run, and end as non-JSON in OUT.json."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
 def _weights(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(":"))
+    return tuple(_finite(x) for x in text.split(":"))
 
 
 def _init(text: str) -> str:
@@ -31,16 +40,19 @@ def _init(text: str) -> str:
 
 # Flag name -> (Config field, parser of one value). Several-number values are colon-separated.
 SWEEP_FLAGS = {
-    "content-weight": ("content_weight", float),
-    "style-weight": ("style_weight", float),
-    "tv-weight": ("tv_weight", float),
+    "content-weight": ("content_weight", _finite),
+    "style-weight": ("style_weight", _finite),
+    "tv-weight": ("tv_weight", _finite),
     "content-layer-weights": ("content_layer_weights", _weights),
     "style-layer-weights": ("style_layer_weights", _weights),
     "style-blend-weights": ("style_blend_weights", _weights),
-    "learning-rate": ("learning_rate", float),
+    "learning-rate": ("learning_rate", _finite),
     "seed": ("seed", int),
     "init": ("init", _init),
 }
+# More cells than this get a warning with their number before any work (a 100x100 sweep is
+# 10,000 runs): a sweep costs about its cell count times one run.
+LARGE_SWEEP = 64
 SHAPE_FLAGS = ("image-size", "scales", "content-layers", "style-layers", "style-scale", "style-size",
                "optimizer", "lbfgs-memory", "normalization", "pooling", "compute-dtype",
                "num-iterations", "original-colors")
@@ -63,8 +75,9 @@ def sweep_axis(text: str) -> tuple[str, tuple]:
     parse = SWEEP_FLAGS[name][1]
     try:
         return name, tuple(parse(v.strip()) for v in values.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad value in --sweep {text!r}") from None
+    except ValueError as e:
+        why = f" ({e})" if "finite" in str(e) else ""
+        raise argparse.ArgumentTypeError(f"bad value in --sweep {text!r}{why}") from None
 
 
 def _show(value) -> str:
@@ -94,6 +107,10 @@ def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
         cfg = dataclasses.replace(cfg, loss_scale="absolute",
                                   **{k: getattr(Config(), k) for k in loss_weights})
     cells = sweep_lib.grid(cfg, axes)
+    if len(cells) > LARGE_SWEEP:
+        sizes = " x ".join(str(len(values)) for _, values in args.sweep)
+        warn(f"--sweep runs {len(cells)} cells ({sizes}), about {len(cells)} times the work of one "
+             "run")
     inputs = [*args.content, *args.style, args.init_image]
     output = image_io.check_output_path(args.output, inputs, args.bit_depth)
     files = cell_paths(output, len(cells))
@@ -108,26 +125,29 @@ def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
     styles = [image_io.load_image(s, style_long, role="style image") for s in args.style]
     init_image = (image_io.load_image(args.init_image, long_side, role="init image")
                   if args.init_image else None)
-    vgg = load_network(args, args.quiet)
-
-    labels = [[f"{name}={_show(v)}" for name, v in zip(names, settings.values())]
-              for settings, _ in cells]
-    if watcher is not None:
-        watcher.start([" ".join(lbl) for lbl in labels], {"sweep": dict(args.sweep)})
-    total = len(cells) * cfg.total_iterations
-    bar = progress_bar(total, "it", args.quiet, desc=f"sweep {len(cells)}")
-    per_cell = cfg.total_iterations
-
-    def on_progress(p: sweep_lib.SweepProgress) -> None:
-        step = cfg.iterations_before(p.progress.scale_index) + p.progress.iteration
-        bar.update(p.first * per_cell + p.count * step - bar.n)  # earlier cells are done
+    stop = StopRequest()
+    with stop.on_ctrl_c():  # Ctrl-C stops between compiled chunks (see `StopRequest`)
+        vgg = load_network(args, args.quiet)
+        labels = [[f"{name}={_show(v)}" for name, v in zip(names, settings.values())]
+                  for settings, _ in cells]
         if watcher is not None:
-            watcher.progress(p.progress, range(p.first, p.first + p.count))
+            watcher.start([" ".join(lbl) for lbl in labels], {"sweep": dict(args.sweep)})
+        total = len(cells) * cfg.total_iterations
+        bar = progress_bar(total, "it", args.quiet, desc=f"sweep {len(cells)}")
+        per_cell = cfg.total_iterations
 
-    every = tuple(k for k in (args.print_iter, args.save_iter) if k)
-    results = sweep_lib.stylize_sweep(vgg, content, styles, [c for _, c in cells],
-                                      batch_size=args.batch_size, init_image=init_image,
-                                      on_progress=on_progress, every=every)
+        def on_progress(p: sweep_lib.SweepProgress) -> None:
+            step = cfg.iterations_before(p.progress.scale_index) + p.progress.iteration
+            bar.update(p.first * per_cell + p.count * step - bar.n)  # earlier cells are done
+            if watcher is not None:
+                watcher.progress(p.progress, range(p.first, p.first + p.count))
+            if stop.requested:  # Ctrl-C: stop here, between compiled chunks
+                raise KeyboardInterrupt
+
+        every = tuple(k for k in (args.print_iter, args.save_iter) if k)
+        results = sweep_lib.stylize_sweep(vgg, content, styles, [c for _, c in cells],
+                                          batch_size=args.batch_size, init_image=init_image,
+                                          on_progress=on_progress, every=every)
     bar.close()
     images = [r.images[0] for r in results]
     for image, f in zip(images, files):

@@ -5,11 +5,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,11 +16,13 @@ import numpy as np
 from jaxstyle import data, image_io, losses, netfile
 from jaxstyle import train as train_lib
 from jaxstyle.batch import device_mesh
-from jaxstyle.cli.common import (EXIT_INTERRUPTED, add_weights_flags, csv, enable_compilation_cache,
-                                 load_network, non_negative_float, positive, progress_bar)
+from jaxstyle.cli import resume
+from jaxstyle.cli.common import (EXIT_INTERRUPTED, StopRequest, add_weights_flags, csv,
+                                 enable_compilation_cache, load_network, non_negative_float,
+                                 positive, progress_bar)
 from jaxstyle.config import DTYPES, NORMALIZATIONS, Config
 from jaxstyle.errors import JaxstyleError
-from jaxstyle.files import atomic_write
+from jaxstyle.files import atomic_write, check_output_file, check_outputs
 from jaxstyle.logs import LogWriter
 from jaxstyle.models import transformer
 
@@ -109,19 +108,22 @@ def loss_metadata(cfg: Config, args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: parameters, optimizer state, step, data position, seed (the data order's RNG) and
-# the settings, in one .npz written atomically.
+# Checkpoints: parameters, optimizer state, step, data position, seed (the data order's RNG), the
+# settings and the style images it learns (`resume.inputs_record`), in one .npz written atomically.
 
 
-def save_checkpoint(path: Path, params, opt_state, step: int, position: int, meta: dict) -> None:
+def save_checkpoint(path: Path, params, opt_state, step: int, position: int, meta: dict,
+                    inputs: dict) -> None:
     leaves = [np.asarray(x) for x in jax.tree.leaves((params, opt_state))]
     arrays = {f"leaf{i:04d}": a for i, a in enumerate(leaves)}
     atomic_write(path, lambda f: np.savez(f, step=step, position=position,
-                                          settings=json.dumps(meta), **arrays))
+                                          settings=json.dumps(meta), inputs=json.dumps(inputs),
+                                          **arrays))
 
 
-def load_checkpoint(path: Path, params, opt_state, meta: dict):
-    """(params, opt_state, step, position) from ``path``; the trees give the structure."""
+def load_checkpoint(path: Path, params, opt_state, meta: dict, inputs: dict):
+    """(params, opt_state, step, position) from ``path``; the trees give the structure. Refused
+    (the file kept) when its settings or style images are not ``meta``'s and ``inputs``'."""
     if not path.exists():
         raise JaxstyleError(f"--resume: no checkpoint '{path}' (one is written by "
                             "--checkpoint-every and on Ctrl-C); run without --resume")
@@ -129,6 +131,9 @@ def load_checkpoint(path: Path, params, opt_state, meta: dict):
     try:
         with np.load(path) as z:
             saved = json.loads(str(z["settings"]))
+            saved_inputs = json.loads(str(z["inputs"]))
+            if not isinstance(saved_inputs.get("styles"), list):
+                raise ValueError("no record of its style images")
             leaves = [z[f"leaf{i:04d}"] for i in range(treedef.num_leaves)]
             step, position = int(z["step"]), int(z["position"])
         expected = [np.shape(x) for x in jax.tree.leaves((params, opt_state))]
@@ -142,6 +147,7 @@ def load_checkpoint(path: Path, params, opt_state, meta: dict):
             raise JaxstyleError(f"--resume: checkpoint '{path}' was made with a different "
                                 f"{key.replace('_', '-')} ({saved.get(key)!r}); use the same "
                                 "flags or drop --resume")
+    resume.check_inputs(path, {**saved_inputs, "content": []}, {**inputs, "content": []})
     params, opt_state = jax.tree.unflatten(treedef, leaves)
     return params, opt_state, step, position
 
@@ -149,14 +155,24 @@ def load_checkpoint(path: Path, params, opt_state, meta: dict):
 # ----------------------------------------------------------------------------------------------
 
 
+def check_output(output: Path, args: argparse.Namespace, files: list[Path]) -> None:
+    """Before any work: the NET file and its checkpoint can be written and replace no input (the
+    VGG weights, a style image, a training photo)."""
+    if output.suffix != ".safetensors":
+        raise JaxstyleError(f"the network file '{output}' must end in .safetensors")
+    inputs = [args.weights, *args.style]
+    check_output_file(output, inputs, example="net.safetensors")
+    checkpoint = output.with_name(output.name + CHECKPOINT_SUFFIX)
+    # A photo can be an output only through a link to it; stat them all only then.
+    photos = files if output.exists() or checkpoint.exists() else []
+    check_outputs({"-o": output, "the checkpoint": checkpoint}, [*inputs, *photos])
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     output = Path(args.output)
-    if output.suffix != ".safetensors":
-        raise JaxstyleError(f"the network file '{output}' must end in .safetensors")
-    if output.is_dir():
-        raise JaxstyleError(f"output '{output}' is a directory; give a file name, e.g. net.safetensors")
     files = data.list_images(args.data)
+    check_output(output, args, files)
     mesh = device_mesh()
     devices = mesh.devices.size
     if args.batch_size % devices:
@@ -166,18 +182,32 @@ def run(args: argparse.Namespace) -> int:
         raise JaxstyleError(f"{len(files)} image file(s) under '{args.data}', fewer than one batch "
                             f"of {args.batch_size}; add photos or lower --batch-size")
     log = LogWriter(args.log_dir) if args.log_dir else None  # an unwritable DIR: before any work
+    # From the first compile on, Ctrl-C only asks the run to stop at a safe point: a
+    # KeyboardInterrupt raised inside a JAX call can crash the interpreter's teardown. And the
+    # step donates params and opt_state: an interrupt between its dispatch and the assignment
+    # of its results would leave nothing valid to save. A second Ctrl-C stops at once.
+    stop = StopRequest()
+    with stop.on_ctrl_c():
+        return train(args, cfg, output, files, mesh, log, stop)
+
+
+def train(args: argparse.Namespace, cfg: Config, output: Path, files: list[Path], mesh,
+          log: LogWriter | None, stop: StopRequest) -> int:
+    """The training run after `run`'s checks; Ctrl-C sets ``stop.requested``."""
     enable_compilation_cache(args)
     style_long = max(16, round(cfg.style_scale * cfg.image_size))
     styles = [image_io.load_image(s, style_long, role="style image")[None] for s in args.style]
     blend = cfg.blend_weights(len(styles))
     checkpoint = output.with_name(output.name + CHECKPOINT_SUFFIX)
     meta = loss_metadata(cfg, args)
+    made_from = resume.inputs_record([], [], args.style, styles)
 
     params = transformer.init(jax.random.key(args.seed), args.width)
     opt_state = train_lib.init_optimizer(params, args.learning_rate)
     step, position = 0, 0
     if args.resume:
-        params, opt_state, step, position = load_checkpoint(checkpoint, params, opt_state, meta)
+        params, opt_state, step, position = load_checkpoint(checkpoint, params, opt_state, meta,
+                                                            made_from)
         if step >= args.steps:
             raise JaxstyleError(f"--resume: checkpoint '{checkpoint}' is at step {step}, not before "
                                 f"--steps {args.steps}; raise --steps to continue it")
@@ -196,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
 
     def write_checkpoint() -> None:
         if jax.process_index() == 0:
-            save_checkpoint(checkpoint, params, opt_state, step, position, meta)
+            save_checkpoint(checkpoint, params, opt_state, step, position, meta, made_from)
 
     if log is not None:
         log.text(output.stem, "settings", "```\n" + json.dumps(
@@ -205,43 +235,43 @@ def run(args: argparse.Namespace) -> int:
     bar = progress_bar(args.steps, "step", args.quiet, desc="train", initial=step)
     loader = data.Loader(files, args.batch_size, args.image_size, args.seed, position, args.workers)
     started, images_done, waited = time.perf_counter(), 0, 0.0
-    # Ctrl-C only asks the loop to stop after the step in flight: the step donates params and
-    # opt_state, and an interrupt between its dispatch and the assignment of its results would
-    # leave nothing valid to save. A second Ctrl-C stops at once, without writing.
-    stop = _StopRequest()
+    first_step = step
     try:
-        with stop.on_ctrl_c():
-            for batch in loader:
-                if stop.requested:
-                    break
-                params, opt_state, m = step_fn(params, opt_state,
-                                               train_lib.shard_batch(batch.images, mesh))
-                m = {k: float(v) for k, v in m.items()}  # waits for the step
-                if not m["finite"]:  # the step returned the old params and opt_state unchanged
-                    bar.close()
-                    write_net(params, step)
-                    raise JaxstyleError(
-                        f"the loss became NaN or infinite at step {step + 1}; kept the last finite "
-                        f"network in {output}. Lower --style-weight (or --learning-rate) and run "
-                        "again")
-                step, position = step + 1, batch.position
-                images_done += len(batch.images)
-                waited += batch.wait_s
-                elapsed = time.perf_counter() - started
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.4g}", content=f"{m['content']:.3g}",
-                                style=f"{m['style']:.3g}", tv=f"{m['tv']:.3g}",
-                                img_s=f"{images_done / elapsed:.1f}",
-                                data_wait=f"{waited / elapsed:.0%}", refresh=False)
-                if log is not None and (step % args.print_iter == 0 or step >= args.steps):
-                    log.scalars(output.stem, step,
-                                {k: m[k] for k in ("loss", "content", "style", "tv")},
-                                {"images_per_s": images_done / elapsed,
-                                 "data_wait": waited / elapsed})
-                if args.checkpoint_every and step % args.checkpoint_every == 0:
-                    write_checkpoint()
-                if step >= args.steps or stop.requested:
-                    break
+        for batch in loader:
+            if stop.requested:
+                break
+            params, opt_state, m = step_fn(params, opt_state,
+                                           train_lib.shard_batch(batch.images, mesh))
+            m = {k: float(v) for k, v in m.items()}  # waits for the step
+            if not m["finite"]:  # the step returned the old params and opt_state unchanged
+                bar.close()
+                write_net(params, step)
+                raise JaxstyleError(
+                    f"the loss became NaN or infinite at step {step + 1}; kept the last finite "
+                    f"network in {output}. Lower --style-weight (or --learning-rate) and run "
+                    "again")
+            step, position = step + 1, batch.position
+            images_done += len(batch.images)
+            waited += batch.wait_s
+            elapsed = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.4g}", content=f"{m['content']:.3g}",
+                            style=f"{m['style']:.3g}", tv=f"{m['tv']:.3g}",
+                            img_s=f"{images_done / elapsed:.1f}",
+                            data_wait=f"{waited / elapsed:.0%}", refresh=False)
+            if log is not None and (step % args.print_iter == 0 or step >= args.steps):
+                log.scalars(output.stem, step,
+                            {k: m[k] for k in ("loss", "content", "style", "tv")},
+                            {"images_per_s": images_done / elapsed,
+                             "data_wait": waited / elapsed})
+            if args.checkpoint_every and step % args.checkpoint_every == 0:
+                write_checkpoint()
+            if step >= args.steps or stop.requested:
+                break
+        if stop.requested and step == first_step:  # Ctrl-C before a step was done
+            bar.close()
+            print("jaxstyle: interrupted before the first step; nothing written", file=sys.stderr)
+            return EXIT_INTERRUPTED
         if stop.requested and step < args.steps:
             bar.close()
             loader.close()
@@ -263,27 +293,3 @@ def run(args: argparse.Namespace) -> int:
               f"{loader.skipped[0]})", file=sys.stderr)
     print(f"wrote {output} ({step} steps)", file=sys.stderr if args.quiet else sys.stdout)
     return 0
-
-
-class _StopRequest:
-    """A first Ctrl-C (SIGINT) sets ``requested``; a second raises KeyboardInterrupt as usual."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def _handler(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    @contextlib.contextmanager
-    def on_ctrl_c(self):
-        """Installs the handler for the block (main thread only; elsewhere Ctrl-C is Python's)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.signal(signal.SIGINT, self._handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
