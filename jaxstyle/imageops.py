@@ -10,6 +10,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 from jaxstyle.errors import JaxstyleError
@@ -42,8 +43,14 @@ def resize(images: Array, height: int, width: int) -> Array:
 def _resize(images: Array, height: int, width: int) -> Array:
     # Jitted: called eagerly (on the host's loaded images), jax.image.resize would dispatch and
     # compile each of its ~20 primitives as a program of its own, in every process (~2 s).
-    shape = images.shape[:-3] + (height, width, images.shape[-1])
-    return jnp.clip(jax.image.resize(images, shape, "lanczos3"), 0.0, 1.0)
+    if images.ndim > 3:
+        # One image at a time: a batched resize folds the images into the rows of its matrix
+        # products, whose rounding then depends on the batch size (see `optimize.over_problems`).
+        flat = images.reshape((-1,) + images.shape[-3:])
+        return lax.map(lambda image: _resize(image, height, width), flat).reshape(
+            images.shape[:-3] + (height, width, images.shape[-1]))
+    return jnp.clip(jax.image.resize(images, (height, width, images.shape[-1]), "lanczos3"),
+                    0.0, 1.0)
 
 
 def original_colors(stylized: Array, content: Array) -> Array:

@@ -220,13 +220,26 @@ def targets(vgg: vgg19.VGG, content_images: Array, style_images: Sequence[Array]
     Returns:
       `Targets` with the content features and the blend of the styles' Grams.
     """
+    return Targets(content=content_targets(vgg, content_images, spec, dtype),
+                   style=style_targets(vgg, style_images, blend_weights, spec, dtype))
+
+
+def content_targets(vgg: vgg19.VGG, content_images: Array, spec: LossSpec, dtype=jnp.float32
+                    ) -> dict:
+    """content_images: float32[B, H, W, 3] -> {layer: float32[B, h, w, C]} (`targets`' content)."""
     content = vgg19.features(vgg, content_images, spec.content_layers, dtype=dtype)
-    content = {k: v.astype(jnp.float32) for k, v in content.items()}
+    return {k: v.astype(jnp.float32) for k, v in content.items()}
+
+
+def style_targets(vgg: vgg19.VGG, style_images: Sequence[Array], blend_weights: Sequence[float],
+                  spec: LossSpec, dtype=jnp.float32) -> dict:
+    """{layer: float32[1, C, C]}: the blend of the styles' Grams (`targets`' style; for "w2" the
+    W2 targets of the blended moments)."""
     grams = [style_grams(vgg, image, spec, dtype) for image in style_images]
     style = {name: sum(w * g[name] for w, g in zip(blend_weights, grams)) for name in spec.style_layers}
     if spec.style_loss == "w2":
         style = {name: w2_target(m) for name, m in style.items()}
-    return Targets(content=content, style=style)
+    return style
 
 
 def loss_terms(features: dict[str, Array], images: Array, targets: Targets, spec: LossSpec
@@ -349,25 +362,36 @@ def w2_style_loss(features: Array, target: Array) -> Array:
 
 
 def target_scales(targets: Targets, spec: LossSpec, content_images: Array) -> dict[str, Array]:
-    """The scale of each term's target (float32 scalars, averaged over the problems):
-    {"content": [len(content_layers)] mean square of the content features, "style":
-    [len(style_layers)] mean square of the target Gram (for "w2": the target's second moment per
-    channel, (tr Σₜ + ‖μₜ‖²)/C), "tv": the content images' own mean `total_variation`, at least
-    that of a mean |Δx| of 0.01}.
-    content_images: float32[P, H, W, 3]."""
-    content = jnp.stack([jnp.mean(jnp.square(targets.content[n])) for n in spec.content_layers])
+    """The scale of each term's target, one per problem, from that problem's own targets only (so
+    that an image's weights never depend on the other images of its batch):
+
+    {"content": float32[P, len(content_layers)], the mean square of the content features;
+    "style": float32[P, len(style_layers)], the mean square of the target Gram (for "w2": the
+    target's second moment per channel, (tr Σₜ + ‖μₜ‖²)/C); "tv": float32[P], the content
+    image's own `total_variation`, at least that of a mean |Δx| of 0.01}.
+
+    targets: as from `targets` (content float32[P, h, w, C]; style [1, ...] shared by every
+    problem, or [P, ...] one per problem); content_images: float32[P, H, W, 3].
+    """
+    num_problems, h, w, _ = content_images.shape
+
+    def per_problem(x: Array) -> Array:  # float32[B or 1, ...] -> float32[P]: a mean per row
+        means = jnp.mean(x.reshape(x.shape[0], -1), axis=1)
+        return jnp.broadcast_to(means, (num_problems,))
+
+    content = jnp.stack([per_problem(jnp.square(targets.content[n])) for n in spec.content_layers],
+                        axis=-1)
     if spec.style_loss == "w2":
         def scale(t):
             c = t.shape[-1]
-            return jnp.mean((jnp.sum(t[:, :-1] ** 2, axis=(-2, -1))
-                             + jnp.sum(t[:, -1] ** 2, axis=-1)) / c)
+            return per_problem((jnp.sum(t[:, :-1] ** 2, axis=(-2, -1))
+                                + jnp.sum(t[:, -1] ** 2, axis=-1)) / c)
     else:
         def scale(t):
-            return jnp.mean(jnp.square(t))
-    style = jnp.stack([scale(targets.style[n]) for n in spec.style_layers])
+            return per_problem(jnp.square(t))
+    style = jnp.stack([scale(targets.style[n]) for n in spec.style_layers], axis=-1)
     # Floored at a mean |Δx| of 1 % so that a flat content image does not make TV weigh infinitely.
-    _, h, w, _ = content_images.shape
-    tv = jnp.maximum(jnp.mean(total_variation(content_images)), 255.0**2 * h * w * 1e-4)
+    tv = jnp.maximum(total_variation(content_images), 255.0**2 * h * w * 1e-4)
     return {"content": content, "style": style, "tv": tv}
 
 
@@ -375,13 +399,19 @@ def relative_spec(spec: LossSpec, targets: Targets, content_images: Array) -> Lo
     """``spec`` with each term divided by its target's scale (`target_scales`), so that a term's
     value is relative (≈ 1 for an image that shares nothing with its target) whatever the weights
     file's convention: caffe-convention features are ~50x torchvision's, their Gram terms ~50⁴x.
-    Same static fields: switching between the two does not recompile."""
+
+    The result is per problem (`LossSpec.per_problem`: weights float32[P, L], tv float32[P]),
+    each problem's weights from its own content and targets: a batch equals its images alone.
+    ``spec`` may be shared (float32[L]) or already per problem (float32[P, L])."""
     scales = target_scales(targets, spec, content_images)
     tiny = 1e-30
     return dataclasses.replace(
         spec, content_weights=spec.content_weights / jnp.maximum(scales["content"], tiny),
         style_weights=spec.style_weights / jnp.maximum(scales["style"], tiny),
         tv_weight=spec.tv_weight / jnp.maximum(scales["tv"], tiny))
+
+
+# ----------------------------------------------------------------------------------------------
 # Guided style (Gatys et al. 2017): one Gram per region of the image, the features weighted by the
 # region's guidance. Additive: without guidance (`Targets.guidance` None) nothing above changes.
 

@@ -289,10 +289,51 @@ def prepared(vgg: vgg19.VGG, spec: losses.LossSpec) -> vgg19.VGG:
     return vgg19.prepare(vgg19.truncate(vgg, spec.layers))
 
 
-@functools.partial(jax.jit, static_argnames=("method", "dtype"), donate_argnames=("state",))
+def over_problems(fn: Callable, sequential: bool) -> Callable:
+    """``fn`` of one problem mapped over a leading problem axis of all its arguments: `jax.vmap`,
+    or with ``sequential`` a loop (one problem after another, inside the same program).
+
+    Sequential, every problem runs the very same per-problem computation whatever the batch size,
+    so a batch gives each problem the result it gets alone, to the last bit. Vmapped, the problems
+    are folded into the rows of each matrix product, whose blocking (and so its rounding, ~1e-7)
+    depends on the batch size; an optimizer amplifies that over its steps (e.g. Adam's first
+    steps are the gradients' signs), to several levels of an 8-bit image in 30 steps. On a CPU,
+    whose matrix products are already large, batching buys no speed (docs/performance.md), so
+    stylize runs problems sequentially there; vmapped on accelerators and across devices."""
+    if not sequential:
+        return jax.vmap(fn)
+
+    def mapped(*args):
+        count = jax.tree.leaves(args)[0].shape[0]
+        take = lambda i: jax.tree.map(  # noqa: E731
+            lambda x: lax.dynamic_index_in_dim(x, i, keepdims=False), args)
+        shapes = jax.eval_shape(lambda: fn(*take(0)))
+        out = jax.tree.map(lambda y: jnp.zeros((count,) + y.shape, y.dtype), shapes)
+
+        def body(i, out):
+            return jax.tree.map(lambda o, y: lax.dynamic_update_index_in_dim(o, y, i, 0),
+                                out, fn(*take(i)))
+
+        # The trip count hidden from XLA: a loop of known length 1 would be inlined and fused
+        # differently from the same body in a longer loop, which changes the rounding.
+        return lax.fori_loop(0, lax.optimization_barrier(jnp.int32(count)), body, out)
+
+    return mapped
+
+
+def sequential_problems(images: Array) -> bool:
+    """Whether problems laid out like ``images`` float32[P, ...] run one after another
+    (`over_problems`): on a CPU, unless they are split over several devices."""
+    sharding = getattr(images, "sharding", None)
+    spread = isinstance(sharding, NamedSharding) and sharding.mesh.size > 1
+    return jax.default_backend() == "cpu" and not spread
+
+
+@functools.partial(jax.jit, static_argnames=("method", "dtype", "sequential"),
+                   donate_argnames=("state",))
 def run_steps(state: RunState, num_steps: Array | int, vgg: vgg19.VGG, targets: losses.Targets,
               spec: losses.LossSpec, method: Method, dtype: str = "float32",
-              step_scale: Array | None = None) -> RunState:
+              step_scale: Array | None = None, sequential: bool = False) -> RunState:
     """At most ``num_steps`` optimizer steps for every problem, compiled once per shape
     (``num_steps`` is a runtime value); the compiled loop ends early once every problem has
     diverged or, with a `Tracking` (`init_tracking`), stopped. targets: per problem, as from
@@ -301,7 +342,8 @@ def run_steps(state: RunState, num_steps: Array | int, vgg: vgg19.VGG, targets: 
     A spec shared by all problems (weights float32[L]) is closed over. A `losses.LossSpec.stack`ed
     one (weights with a leading problem axis P) is mapped with the problems: every problem its own
     loss weights, still runtime arrays in one program (a sweep). step_scale: float32[P], optional:
-    each problem's update multiplied by it (see `step`).
+    each problem's update multiplied by it (see `step`). sequential: problems one after another
+    instead of vmapped (see `over_problems`).
 
     Pass a `vgg19.prepare`d network when calling repeatedly (as `run` does): an unprepared one has
     its kernels transformed at every call, outside the loop but inside this program (on a CPU that
@@ -314,7 +356,7 @@ def run_steps(state: RunState, num_steps: Array | int, vgg: vgg19.VGG, targets: 
         return one_step(s, vgg, t, spec if own_spec is None else own_spec, method,
                         jnp.dtype(dtype), scale)
 
-    all_steps = jax.vmap(one)
+    all_steps = over_problems(one, sequential)
     num_steps = jnp.asarray(num_steps, jnp.int32)
 
     def going(carry):
@@ -352,20 +394,21 @@ def chunk_boundaries(num_iterations: int, every: tuple[int, ...], max_chunk: int
 def run(state: RunState, num_iterations: int, vgg: vgg19.VGG, targets: losses.Targets,
         spec: losses.LossSpec, method: Method, dtype: str = "float32",
         every: tuple[int, ...] = (), on_chunk: Callable[[RunState, int], None] | None = None,
-        start: int = 0, step_scale: Array | None = None) -> RunState:
+        start: int = 0, step_scale: Array | None = None, sequential: bool = False) -> RunState:
     """Runs steps ``start`` … ``num_iterations`` from ``state`` in compiled chunks.
 
     on_chunk(state, iterations_done) is called after each chunk (chunk ends: see
     `chunk_boundaries`); it may block on the state (a progress bar reads the loss). Ends early when
     every problem has diverged or (tracked) stopped; ``on_chunk`` then gets the iterations actually
-    run. Returns the last state. A stacked ``spec`` and ``step_scale`` (float32[P]): see
-    `run_steps`.
+    run. Returns the last state. A stacked ``spec``, ``step_scale`` (float32[P]) and
+    ``sequential``: see `run_steps`.
     """
     done = start
     vgg = prepared(vgg, spec)  # once for all chunks
     counted = None if state.track is None else int(jnp.max(state.track.count))
     for mark in chunk_boundaries(num_iterations, every, start=start):
-        state = run_steps(state, mark - done, vgg, targets, spec, method, dtype, step_scale)
+        state = run_steps(state, mark - done, vgg, targets, spec, method, dtype, step_scale,
+                          sequential)
         over = bool(jnp.all(finished(state)))
         done = mark
         if over and counted is not None:  # ended inside the chunk: where the furthest problem is

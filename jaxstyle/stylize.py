@@ -109,9 +109,14 @@ def initial_images(cfg: Config, contents: Array, styles: Sequence[Array],
     return jnp.zeros_like(contents) + start
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _targets(vgg, contents, styles, blend, spec, dtype):
-    return losses.targets(vgg, contents, styles, blend, spec, jnp.dtype(dtype))
+@functools.partial(jax.jit, static_argnames=("dtype", "sequential"))
+def _targets(vgg, contents, styles, blend, spec, dtype, sequential):
+    # Each content image's features as the same per-image program (see `optimize.over_problems`).
+    one = lambda image: losses.content_targets(vgg, image[None], spec, jnp.dtype(dtype))  # noqa: E731
+    content = optimize.over_problems(one, sequential)(contents)
+    return losses.Targets(
+        content={k: v[:, 0] for k, v in content.items()},
+        style=losses.style_targets(vgg, styles, blend, spec, jnp.dtype(dtype)))
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
@@ -135,20 +140,19 @@ def scale_sizes(cfg: Config, height: int, width: int) -> list[tuple[int, int]]:
     return [fit_long_side(height, width, s) for s in cfg.all_scales]
 
 
-def _problem_spec(cfgs: Sequence[Config], by_blend: dict, blends: list, contents: Array,
-                  per_problem: bool) -> losses.LossSpec:
-    """The loss spec of P problems: shared (weights float32[L]), or with ``per_problem``
-    `losses.LossSpec.stack`ed (float32[P, L]). Relative weights are divided by the scales of each
-    problem's own targets (its blend's)."""
-    def one(c: Config, blend) -> losses.LossSpec:
-        spec = losses.LossSpec.from_config(c)
-        if c.loss_scale == "relative":
-            spec = losses.relative_spec(spec, by_blend[blend], contents)
-        return spec
+def problem_spec(cfgs: Sequence[Config], targets: losses.Targets, contents: Array
+                 ) -> losses.LossSpec:
+    """The loss spec of P problems, always per problem (`losses.LossSpec.stack`: weights
+    float32[P, L], tv float32[P]): each problem's weights come from its own config and, for
+    relative weights, from its own content image and style target only, so a problem's loss never
+    depends on the other problems of its batch. One program serves single runs, batches and sweeps.
 
-    if not per_problem:
-        return one(cfgs[0], blends[0])
-    return losses.LossSpec.stack([one(c, b) for c, b in zip(cfgs, blends)])
+    targets: as from `losses.targets` for ``contents`` float32[P, h, w, 3] (style [1, ...] or one
+    row per problem)."""
+    spec = losses.LossSpec.stack([losses.LossSpec.from_config(c) for c in cfgs])
+    if cfgs[0].loss_scale == "relative":  # not sweepable: the same for every problem
+        spec = losses.relative_spec(spec, targets, contents)
+    return spec
 
 
 def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
@@ -184,10 +188,9 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     """
     contents = jnp.asarray(contents, jnp.float32)
     num_problems, height, width, _ = contents.shape
-    # Configs per problem (a sweep) always run as per-problem weights and step sizes, even where
-    # a batch's values happen to coincide: one program for every batch of the sweep.
-    per_problem = not isinstance(cfg, Config)
-    cfgs = tuple(cfg) if per_problem else (cfg,) * num_problems
+    # Weights and step sizes are always per problem (runtime arrays), whether the configs differ
+    # (a sweep) or not: one program for one image, a batch and every batch of a sweep.
+    cfgs = (cfg,) * num_problems if isinstance(cfg, Config) else tuple(cfg)
     if len(cfgs) != num_problems:
         raise ValueError(f"{len(cfgs)} configs for {num_problems} content images")
     check_sweep(cfgs)
@@ -195,11 +198,11 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     vgg = vgg.with_pooling(cfg.pooling)
     spec = losses.LossSpec.from_config(cfg)
     vgg = optimize.prepared(vgg, spec)  # once; an unprepared vgg is also checked for the weights
-    method, step_scale = optimize.Method.from_config(cfg), None
-    if per_problem:  # learning rates as runtime step scales
-        method = dataclasses.replace(method, learning_rate=1.0)
-        step_scale = jnp.asarray([c.step_size for c in cfgs], jnp.float32)
+    # Learning rates as runtime step scales.
+    method = dataclasses.replace(optimize.Method.from_config(cfg), learning_rate=1.0)
+    step_scale = jnp.asarray([c.step_size for c in cfgs], jnp.float32)
     sizes = scale_sizes(cfg, height, width)
+    sequential = optimize.sequential_problems(contents)
     if cfg.color_match:
         if num_problems != 1:
             raise ConfigError("colour matching recolours the styles to one content image; run "
@@ -231,7 +234,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         def blended_targets(blend: tuple[float, ...]) -> losses.Targets:
             if guidance is None:
                 return _targets(vgg, scaled, scaled_styles, jnp.asarray(blend), spec,
-                                cfg.compute_dtype)
+                                cfg.compute_dtype, sequential)
             return _guided_targets(
                 vgg, scaled, scaled_styles,
                 [None if m is None else guidance_lib.layer_masks(m, *st.shape[1:3],
@@ -248,10 +251,10 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         if len(by_blend) > 1:
             targets = dataclasses.replace(targets, style={
                 k: jnp.concatenate([by_blend[b].style[k] for b in blends])
+                for k in spec.style_layers})
+        run_spec = problem_spec(cfgs, targets, scaled)
         if temporal is not None:
             targets, run_spec = _with_temporal(targets, run_spec, temporal, h, w)
-                for k in spec.style_layers})
-        run_spec = _problem_spec(cfgs, by_blend, blends, scaled, per_problem)
         targets = optimize.problem_targets(targets, num_problems)
         if state is not None:
             images = resize(optimize.result_images(state), h, w)
@@ -285,7 +288,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         if not bool(jnp.all(state.diverged)):
             state = optimize.run(state, cfg.scale_iterations[index], vgg, targets, run_spec, method,
                                  cfg.compute_dtype, every, report, start=done,
-                                 step_scale=step_scale)
+                                 step_scale=step_scale, sequential=sequential)
     images = to_host(optimize.result_images(state))
     if cfg.original_colors:
         originals = to_host(resize(contents, *images.shape[1:3]))
