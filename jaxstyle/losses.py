@@ -27,6 +27,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxstyle.models import vgg19
@@ -147,12 +148,15 @@ class LossSpec:
     def from_config(cls, cfg: Config) -> "LossSpec":
         content = cfg.content_layer_weights or (1.0,) * len(cfg.content_layers)
         style = cfg.style_layer_weights or (1.0,) * len(cfg.style_layers)
+        # Host (NumPy) float32 arrays: built eagerly with jax.numpy, each of these products and
+        # conversions was a program of its own, compiled (or loaded from the cache) in every
+        # process. They become device arrays as arguments of the jitted functions that use them.
         return cls(
             content_layers=tuple(cfg.content_layers), style_layers=tuple(cfg.style_layers),
             normalization=cfg.normalization,
-            content_weights=cfg.content_weight * jnp.asarray(content, jnp.float32),
-            style_weights=cfg.style_weight * jnp.asarray(style, jnp.float32),
-            tv_weight=jnp.asarray(cfg.tv_weight, jnp.float32),
+            content_weights=np.float32(cfg.content_weight) * np.asarray(content, np.float32),
+            style_weights=np.float32(cfg.style_weight) * np.asarray(style, np.float32),
+            tv_weight=np.asarray(cfg.tv_weight, np.float32),
             style_loss=cfg.style_loss,
         )
 
@@ -175,8 +179,11 @@ class LossSpec:
             if (s.content_layers, s.style_layers, s.normalization) != (
                     first.content_layers, first.style_layers, first.normalization):
                 raise ValueError("stacked loss specs must share layers and normalization")
+        # NumPy's stack for host weights (no program compiled), jax.numpy's for device ones.
+        xp = np if all(isinstance(getattr(s, n), np.ndarray) for s in specs
+                       for n in ("content_weights", "style_weights", "tv_weight")) else jnp
         return dataclasses.replace(
-            first, **{name: jnp.stack([getattr(s, name) for s in specs])
+            first, **{name: xp.stack([getattr(s, name) for s in specs])
                       for name in ("content_weights", "style_weights", "tv_weight")
                       + (("temporal_weight",) if first.temporal_weight is not None else ())})
 
@@ -508,8 +515,16 @@ def guided_targets(vgg: vgg19.VGG, content_images: Array, style_images: Sequence
     Returns:
       `Targets` with style {layer: float32[1, R, C, C]} and guidance ``content_guidance``.
     """
-    content = vgg19.features(vgg, content_images, spec.content_layers, dtype=dtype)
-    content = {k: v.astype(jnp.float32) for k, v in content.items()}
+    return Targets(content=content_targets(vgg, content_images, spec, dtype),
+                   style=guided_style_targets(vgg, style_images, style_guidance, region_styles,
+                                              spec, dtype),
+                   guidance=dict(content_guidance))
+
+
+def guided_style_targets(vgg: vgg19.VGG, style_images: Sequence[Array],
+                         style_guidance: Sequence[dict | None], region_styles: Array,
+                         spec: LossSpec, dtype=jnp.float32) -> dict:
+    """{layer: float32[1, R, C, C]}: `guided_targets`' style, one target Gram per region."""
     normalize = spec.normalization != "gatys"
     num_regions = region_styles.shape[0]
     style = {}
@@ -523,7 +538,7 @@ def guided_targets(vgg: vgg19.VGG, content_images: Array, style_images: Sequence
     for name in spec.style_layers:
         stacked = jnp.stack([g[name][0] for g in per_style], axis=1)  # [R, S, C, C]
         style[name] = jnp.einsum("rs,rscd->rcd", region_styles, stacked)[None]
-    return Targets(content=content, style=style, guidance=dict(content_guidance))
+    return style
 
 
 # ----------------------------------------------------------------------------------------------

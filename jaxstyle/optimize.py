@@ -23,6 +23,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 from jax import lax
@@ -185,18 +186,31 @@ class RunState:
     track: "Tracking | None" = None
 
 
-def init_state(images: Array, method: Method) -> RunState:
-    """images: float32[P, H, W, 3] in [0, 1], one starting image per problem."""
+def init_state(images: Array, method: Method, rules: "Rules | None" = None,
+               tolerance: float = 0.0, decay: float = 0.0) -> RunState:
+    """images: float32[P, H, W, 3] in [0, 1], one starting image per problem. With ``rules``,
+    the state is tracked too (as `init_tracking` with ``tolerance`` and ``decay``), in the same
+    compiled program."""
     # `run_steps` donates the state: every leaf needs a buffer of its own, which the outputs of
     # one jitted call are (built eagerly and then copied, the L-BFGS history briefly took twice its
     # memory: +0.6 GB at 512 px). Dtypes are explicit (no weak types), so the state that
     # `run_steps` returns matches this one and never recompiles.
-    state = _fresh_state(jnp.asarray(images, jnp.float32), method)
+    state = _fresh_state(jnp.asarray(images, jnp.float32), method, rules,
+                         np.float32(tolerance), np.float32(decay))
     return _shard_like(state, images)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _fresh_state(images: Array, method: Method) -> RunState:
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _fresh_state(images: Array, method: Method, rules: "Rules | None" = None,
+                 tolerance: Array = 0.0, decay: Array = 0.0) -> RunState:
+    state = _fresh_untracked(images, method)
+    if rules is not None:
+        state = dataclasses.replace(state, track=_fresh_tracking(state.image, rules, tolerance,
+                                                                 decay))
+    return state
+
+
+def _fresh_untracked(images: Array, method: Method) -> RunState:
     def one(image):
         zero = jnp.zeros((), jnp.float32)
         return RunState(image=image, opt_state=method.transformation().init(image),
@@ -228,6 +242,7 @@ def _identity(tree):
     return tree
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def problem_targets(targets: losses.Targets, num_problems: int) -> losses.Targets:
     """`losses.targets` for P content images (content [P, h, w, C], style [1, C, C] shared or
     [P, C, C] one per problem) as per-problem targets with a leading problem axis: content
@@ -405,19 +420,34 @@ def run(state: RunState, num_iterations: int, vgg: vgg19.VGG, targets: losses.Ta
     """
     done = start
     vgg = prepared(vgg, spec)  # once for all chunks
-    counted = None if state.track is None else int(jnp.max(state.track.count))
+    counted = None if state.track is None else int(_progress(state)[1])
     for mark in chunk_boundaries(num_iterations, every, start=start):
         state = run_steps(state, mark - done, vgg, targets, spec, method, dtype, step_scale,
                           sequential)
-        over = bool(jnp.all(finished(state)))
+        over, furthest = map(int, _progress(state))
         done = mark
         if over and counted is not None:  # ended inside the chunk: where the furthest problem is
-            done = min(mark, start + int(jnp.max(state.track.count)) - counted)
+            done = min(mark, start + furthest - counted)
         if on_chunk is not None:
             on_chunk(state, done)
         if over:
             break
     return state
+
+
+def _progress(state: RunState) -> tuple[Array, Array]:
+    """(whether every problem has finished, the most steps tracked by any problem: 0 untracked),
+    from the per-problem scalars alone: one small program whatever the image's shape (eagerly,
+    these reductions were programs of their own, compiled per call site)."""
+    track = state.track
+    return _progress_of(state.diverged, None if track is None else track.stopped,
+                        None if track is None else track.count)
+
+
+@jax.jit
+def _progress_of(diverged: Array, stopped: Array | None, count: Array | None):
+    over = jnp.all(diverged if stopped is None else diverged | stopped)
+    return over, (jnp.zeros((), jnp.int32) if count is None else jnp.max(count))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,16 +502,24 @@ class Tracking:
 
 def init_tracking(state: RunState, rules: Rules, tolerance: float = 0.0,
                   decay: float = 0.0) -> RunState:
-    """``state`` with a fresh `Tracking` (laid out like its images)."""
-    p = state.image.shape[0]
+    """``state`` with a fresh `Tracking` (laid out like its images). `init_state` with ``rules``
+    makes both in one program."""
+    track = _fresh_tracking_jit(state.image, rules, np.float32(tolerance), np.float32(decay))
+    return dataclasses.replace(state, track=_shard_like(track, state.image))
+
+
+def _fresh_tracking(images: Array, rules: Rules, tolerance: Array, decay: Array) -> Tracking:
+    p = images.shape[0]
     full = lambda value, dtype, shape=(): jnp.full((p,) + shape, value, dtype)  # noqa: E731
-    track = Tracking(
+    return Tracking(
         tolerance=full(tolerance, jnp.float32), decay=full(decay, jnp.float32),
         count=full(0, jnp.int32), best_loss=full(jnp.inf, jnp.float32),
         history=full(jnp.inf, jnp.float32, (rules.window,)), stopped=full(False, bool),
-        average=jnp.zeros_like(state.image) if rules.average else None,
-        best_image=jnp.array(state.image, copy=True) if rules.keep_best else None)
-    return dataclasses.replace(state, track=_shard_like(track, state.image))
+        average=jnp.zeros_like(images) if rules.average else None,
+        best_image=jnp.array(images, copy=True) if rules.keep_best else None)
+
+
+_fresh_tracking_jit = jax.jit(_fresh_tracking, static_argnums=1)
 
 
 def tracked_step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.LossSpec,
@@ -526,17 +564,22 @@ def result_images(state: RunState) -> Array:
     """The result of a run, float32[P, H, W, 3]: the bias-corrected average of the iterates when
     tracked with ``average``, else the best iterate when tracked with ``keep_best``, else the
     current iterates. A problem with no step applied yet gives its current image."""
-    track = state.track
-    if track is None:
+    if state.track is None:
         return state.image
+    return _tracked_result(state.image, state.track)
+
+
+@jax.jit
+def _tracked_result(image: Array, track: Tracking) -> Array:
+    # Jitted: eagerly, each of its few operations was a program of its own.
     counted = (track.count > 0)[:, None, None, None]
     if track.average is not None:
         power = track.decay ** track.count.astype(jnp.float32)
         corrected = track.average / jnp.maximum(1.0 - power, 1e-30)[:, None, None, None]
-        return jnp.where(counted, corrected, state.image)
+        return jnp.where(counted, corrected, image)
     if track.best_image is not None:
-        return jnp.where(counted, track.best_image, state.image)
-    return state.image
+        return jnp.where(counted, track.best_image, image)
+    return image
 
 
 def finished(state: RunState) -> Array:

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
 from jaxstyle import guidance as guidance_lib
 from jaxstyle import losses, optimize
@@ -98,32 +99,53 @@ def initial_images(cfg: Config, contents: Array, styles: Sequence[Array],
     if cfg.init == "content":
         return contents
     if cfg.init == "noise":
-        start = jax.random.uniform(jax.random.key(cfg.seed), (h, w, 3), jnp.float32)
+        start = _noise_start(contents, np.uint32(cfg.seed))
     else:
         source = styles[0] if cfg.init == "style" else init_image
         if source is None:
             raise ValueError("init 'image' needs an init image")
-        start = resize(jnp.asarray(source, jnp.float32), h, w)
+        start = _broadcast_start(contents, resize(jnp.asarray(source, jnp.float32), h, w))
+    # Laid out like the contents (a jitted function's output on a one-device mesh is not), as
+    # `optimize.run_steps` returns its state: else the second chunk compiles a second program.
+    sharding = getattr(contents, "sharding", None)
+    return jax.device_put(start, sharding) if isinstance(sharding, NamedSharding) else start
+
+
+# Jitted: eagerly, the key, the draw and the broadcast were programs of their own.
+@jax.jit
+def _broadcast_start(contents: Array, start: Array) -> Array:
     # Added to zeros like ``contents`` (not broadcast) so that the images are laid out like the
     # contents: split over the devices in a sharded batch, not all on one.
     return jnp.zeros_like(contents) + start
 
 
-@functools.partial(jax.jit, static_argnames=("dtype", "sequential"))
-def _targets(vgg, contents, styles, blend, spec, dtype, sequential):
+@jax.jit
+def _noise_start(contents: Array, seed: Array) -> Array:
+    start = jax.random.uniform(jax.random.key(seed), contents.shape[1:], jnp.float32)
+    return _broadcast_start(contents, start)
+
+
+def _content_targets(vgg, contents, spec, dtype, sequential) -> dict:
     # Each content image's features as the same per-image program (see `optimize.over_problems`).
     one = lambda image: losses.content_targets(vgg, image[None], spec, jnp.dtype(dtype))  # noqa: E731
-    content = optimize.over_problems(one, sequential)(contents)
+    return {k: v[:, 0] for k, v in optimize.over_problems(one, sequential)(contents).items()}
+
+
+@functools.partial(jax.jit, static_argnames=("dtype", "sequential"))
+def _targets(vgg, contents, styles, blend, spec, dtype, sequential):
     return losses.Targets(
-        content={k: v[:, 0] for k, v in content.items()},
+        content=_content_targets(vgg, contents, spec, dtype, sequential),
         style=losses.style_targets(vgg, styles, blend, spec, jnp.dtype(dtype)))
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
+@functools.partial(jax.jit, static_argnames=("dtype", "sequential"))
 def _guided_targets(vgg, contents, styles, style_guidance, region_styles, content_guidance, spec,
-                    dtype):
-    return losses.guided_targets(vgg, contents, styles, style_guidance, region_styles,
-                                 content_guidance, spec, jnp.dtype(dtype))
+                    dtype, sequential):
+    return losses.Targets(
+        content=_content_targets(vgg, contents, spec, dtype, sequential),
+        style=losses.guided_style_targets(vgg, styles, style_guidance, region_styles, spec,
+                                          jnp.dtype(dtype)),
+        guidance=dict(content_guidance))
 
 
 def style_size(height: int, width: int, long_side: int, min_side: int) -> tuple[int, int]:
@@ -150,9 +172,9 @@ def problem_spec(cfgs: Sequence[Config], targets: losses.Targets, contents: Arra
     targets: as from `losses.targets` for ``contents`` float32[P, h, w, 3] (style [1, ...] or one
     row per problem)."""
     spec = losses.LossSpec.stack([losses.LossSpec.from_config(c) for c in cfgs])
-    if cfgs[0].loss_scale == "relative":  # not sweepable: the same for every problem
-        spec = losses.relative_spec(spec, targets, contents)
-    return spec
+    # Relative: not sweepable, the same for every problem.
+    return _scale_spec(spec, targets, contents, cfgs[0].loss_scale == "relative",
+                       optimize.sequential_problems(contents))[0]
 
 
 def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
@@ -200,7 +222,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     vgg = optimize.prepared(vgg, spec)  # once; an unprepared vgg is also checked for the weights
     # Learning rates as runtime step scales.
     method = dataclasses.replace(optimize.Method.from_config(cfg), learning_rate=1.0)
-    step_scale = jnp.asarray([c.step_size for c in cfgs], jnp.float32)
+    step_scale = np.asarray([c.step_size for c in cfgs], np.float32)
     sizes = scale_sizes(cfg, height, width)
     sequential = optimize.sequential_problems(contents)
     if cfg.color_match:
@@ -228,21 +250,21 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
                 f"layer {spec.layers[-1]} (needs {min_side} px on the short side); raise the size")
         scaled = resize(contents, h, w)
         style_long = max(min_side, round(cfg.style_scale * max(h, w)))
-        scaled_styles = [resize(s, *style_size(s.shape[0], s.shape[1], style_long, min_side))[None]
+        scaled_styles = [resize(s, *style_size(s.shape[0], s.shape[1], style_long, min_side))
                          for s in map(lambda s: jnp.asarray(s, jnp.float32), styles)]
 
         def blended_targets(blend: tuple[float, ...]) -> losses.Targets:
             if guidance is None:
-                return _targets(vgg, scaled, scaled_styles, jnp.asarray(blend), spec,
+                return _targets(vgg, scaled, scaled_styles, np.asarray(blend, np.float32), spec,
                                 cfg.compute_dtype, sequential)
             return _guided_targets(
                 vgg, scaled, scaled_styles,
-                [None if m is None else guidance_lib.layer_masks(m, *st.shape[1:3],
+                [None if m is None else guidance_lib.layer_masks(m, *st.shape[:2],
                                                                  spec.style_layers)
                  for m, st in zip(guidance.style_masks, scaled_styles)],
                 jnp.asarray(guidance.region_styles, jnp.float32),
                 guidance_lib.layer_masks(guidance.content_masks, h, w, spec.style_layers),
-                spec, cfg.compute_dtype)
+                spec, cfg.compute_dtype, sequential)
 
         # Targets once per distinct style blend; each problem takes its own blend's style target.
         blends = [c.blend_weights(len(styles)) for c in cfgs]
@@ -252,16 +274,20 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
             targets = dataclasses.replace(targets, style={
                 k: jnp.concatenate([by_blend[b].style[k] for b in blends])
                 for k in spec.style_layers})
-        run_spec = problem_spec(cfgs, targets, scaled)
+        run_spec, problem_targets = _scale_spec(
+            losses.LossSpec.stack([losses.LossSpec.from_config(c) for c in cfgs]), targets,
+            scaled, cfg.loss_scale == "relative", sequential)
         if temporal is not None:
-            targets, run_spec = _with_temporal(targets, run_spec, temporal, h, w)
-        targets = optimize.problem_targets(targets, num_problems)
+            with_temporal, run_spec = _with_temporal(targets, run_spec, temporal, h, w)
+            problem_targets = dataclasses.replace(problem_targets, temporal={
+                k: v[:, None] for k, v in with_temporal.temporal.items()})
+        targets = problem_targets
         if state is not None:
             images = resize(optimize.result_images(state), h, w)
         elif start is not None:
             images = resize(jnp.asarray(start.images, jnp.float32), h, w)
         else:
-            firsts = [s[0] for s in scaled_styles]
+            firsts = scaled_styles
             images = (initial_images(cfg, scaled, firsts, init_image)
                       if len({(c.init, c.seed) for c in cfgs}) == 1 else
                       jnp.concatenate([initial_images(c, scaled[i:i + 1], firsts, init_image)
@@ -271,7 +297,9 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         # The coarser scale's L-BFGS history goes before this scale's is allocated: the peak
         # memory of a pyramid is its last scale's, not the sum of two.
         state = None
-        state = optimize.init_state(images, method)
+        state = (optimize.init_state(images, method, optimize.Rules.from_config(cfg),
+                                     cfg.stop_tolerance, cfg.average) if tracked(cfg)
+                 else optimize.init_state(images, method))
         if temporal is not None:  # the terms the loss reports include "temporal"
             state = dataclasses.replace(state, terms={**state.terms,
                                                       "temporal": jnp.zeros_like(state.loss)})
@@ -282,10 +310,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         if on_progress is not None:
             report = lambda s, n, i=index: on_progress(  # noqa: E731
                 Progress(i, len(sizes), n, cfg.scale_iterations[i], s, to_host))
-        if tracked(cfg):
-            state = optimize.init_tracking(state, optimize.Rules.from_config(cfg),
-                                           cfg.stop_tolerance, cfg.average)
-        if not bool(jnp.all(state.diverged)):
+        if not np.all(to_host(state.diverged)):
             state = optimize.run(state, cfg.scale_iterations[index], vgg, targets, run_spec, method,
                                  cfg.compute_dtype, every, report, start=done,
                                  step_scale=step_scale, sequential=sequential)

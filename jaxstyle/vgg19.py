@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import jax.numpy as jnp
 
 from jaxstyle import weights
@@ -47,7 +48,8 @@ def load(path: str | os.PathLike, source: str | None = None, pooling: str = "max
     Raises `jaxstyle.errors.JaxstyleError` with a one-line message for a missing or bad file.
     """
     loaded = weights.read(path, source=source)
-    params = {name: {"kernel": jnp.asarray(k), "bias": jnp.asarray(b)}
+    # device_put, not jnp.asarray: the latter compiled a copy program per weight shape (12).
+    params = {name: {"kernel": jax.device_put(k), "bias": jax.device_put(b)}
               for name, (k, b) in loaded.layers.items()}
     return VGG(params=params, preprocessing=loaded.preprocessing,
                source=loaded.source).with_pooling(pooling)
