@@ -133,9 +133,12 @@ def _content_targets(vgg, contents, spec, dtype, sequential) -> dict:
 
 @functools.partial(jax.jit, static_argnames=("dtype", "sequential"))
 def _targets(vgg, contents, styles, blend, spec, dtype, sequential):
+    """styles: float32[Hs, Ws, 3] each (their batch axis is added here: eagerly, `[None]` was a
+    program of its own per style shape)."""
     return losses.Targets(
         content=_content_targets(vgg, contents, spec, dtype, sequential),
-        style=losses.style_targets(vgg, styles, blend, spec, jnp.dtype(dtype)))
+        style=losses.style_targets(vgg, [s[None] for s in styles], blend, spec,
+                                   jnp.dtype(dtype)))
 
 
 @functools.partial(jax.jit, static_argnames=("dtype", "sequential"))
@@ -143,9 +146,32 @@ def _guided_targets(vgg, contents, styles, style_guidance, region_styles, conten
                     dtype, sequential):
     return losses.Targets(
         content=_content_targets(vgg, contents, spec, dtype, sequential),
-        style=losses.guided_style_targets(vgg, styles, style_guidance, region_styles, spec,
+        style=losses.guided_style_targets(vgg, [s[None] for s in styles], style_guidance,
+                                          region_styles, spec,
                                           jnp.dtype(dtype)),
         guidance=dict(content_guidance))
+
+
+@functools.partial(jax.jit, static_argnames=("relative", "sequential"))
+def _scale_spec(spec: losses.LossSpec, targets: losses.Targets, contents: Array, relative: bool,
+                sequential: bool) -> tuple[losses.LossSpec, losses.Targets]:
+    """(the run's per-problem spec, `optimize.problem_targets`) in one program. Relative weights
+    are computed problem by problem (`optimize.over_problems`), each from its own content and
+    target only: the same computation whatever the batch."""
+    num_problems = contents.shape[0]
+    if relative:
+        per_problem = optimize.problem_targets(targets, num_problems)
+
+        def one(row, content_t, style_t, image):
+            own = losses.Targets(content=content_t, style=style_t)  # each [1, ...]
+            scaled = losses.relative_spec(row, own, image[None])
+            return dataclasses.replace(scaled, content_weights=scaled.content_weights[0],
+                                       style_weights=scaled.style_weights[0],
+                                       tv_weight=scaled.tv_weight[0])
+
+        spec = optimize.over_problems(one, sequential)(spec, per_problem.content,
+                                                       per_problem.style, contents)
+    return spec, optimize.problem_targets(targets, num_problems)
 
 
 def style_size(height: int, width: int, long_side: int, min_side: int) -> tuple[int, int]:
