@@ -20,10 +20,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxstyle import guidance as guidance_lib
 from jaxstyle import stylize as stylize_lib
 from jaxstyle.config import SWEEPABLE, Config, check_sweep
 from jaxstyle.errors import ConfigError
+from jaxstyle.imageops import match_colors
 from jaxstyle.models import vgg19
 
 Array = jax.Array
@@ -60,19 +63,25 @@ class SweepProgress:
 def stylize_sweep(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfgs: Sequence[Config],
                   batch_size: int = 4, init_image: Array | None = None,
                   on_progress: Callable[[SweepProgress], None] | None = None,
-                  every: tuple[int, ...] = ()) -> list[stylize_lib.Result]:
+                  every: tuple[int, ...] = (),
+                  guidance: guidance_lib.Guidance | None = None) -> list[stylize_lib.Result]:
     """Stylizes one content image under every config of ``cfgs`` (see the module docstring).
 
     Args:
       content: float32[H, W, 3] in [0, 1]; styles: float32[Hs, Ws, 3] each.
       cfgs: configs that differ only in `SWEEPABLE` fields (`config.check_sweep`).
       batch_size: the most problems per compiled run; every batch is padded to the same size.
+      guidance: where each style goes (`guidance.from_masks` / `from_maps`), the same in every
+        cell; None: everywhere.
 
     Returns:
       One `stylize.Result` per config (``images`` float32[1, h, w, 3]), in order. Each equals the
       same config run alone by `stylize.stylize_batch`, within float tolerance.
     """
     check_sweep(cfgs)
+    if cfgs[0].color_match:  # every cell has the same content: recolour the styles once
+        styles = [match_colors(np.asarray(s), np.asarray(content)) for s in styles]
+        cfgs = [dataclasses.replace(c, color_match=False) for c in cfgs]
     content = jnp.asarray(content, jnp.float32)
     size = min(batch_size, len(cfgs))
     results: list[stylize_lib.Result] = []
@@ -84,6 +93,6 @@ def stylize_sweep(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfgs:
             report = lambda p, f=first, n=len(real): on_progress(SweepProgress(f, n, p))  # noqa: E731
         result = stylize_lib.stylize_batch(
             vgg, jnp.broadcast_to(content, (size,) + content.shape), styles, padded,
-            init_image=init_image, on_progress=report, every=every)
+            init_image=init_image, on_progress=report, every=every, guidance=guidance)
         results += [result.problem(i) for i in range(len(real))]
     return results

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from jaxstyle import image_io
 from jaxstyle import sweep as sweep_lib
+from jaxstyle.cli.inputs import check_guidance_flags, guidance_inputs, load_guidance
 from jaxstyle.cli.common import EXIT_ERROR, StopRequest, load_network, progress_bar, warn
 from jaxstyle.config import INITS, Config
 from jaxstyle.errors import JaxstyleError
@@ -111,7 +112,11 @@ def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
         sizes = " x ".join(str(len(values)) for _, values in args.sweep)
         warn(f"--sweep runs {len(cells)} cells ({sizes}), about {len(cells)} times the work of one "
              "run")
-    inputs = [*args.content, *args.style, args.init_image]
+    check_guidance_flags(args, cfg, has_content=True)
+    if "style_blend_weights" in axes and (args.style_masks or args.content_map):
+        raise JaxstyleError("with masks or maps each style has its own area, so there is no blend "
+                            "to sweep; drop --sweep style-blend-weights or the masks")
+    inputs = [*args.content, *args.style, args.init_image, *guidance_inputs(args)]
     output = image_io.check_output_path(args.output, inputs, args.bit_depth)
     files = cell_paths(output, len(cells))
     for f in files:
@@ -125,6 +130,7 @@ def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
     styles = [image_io.load_image(s, style_long, role="style image") for s in args.style]
     init_image = (image_io.load_image(args.init_image, long_side, role="init image")
                   if args.init_image else None)
+    guide = load_guidance(args, cfg, long_side, style_long)
     stop = StopRequest()
     with stop.on_ctrl_c():  # Ctrl-C stops between compiled chunks (see `StopRequest`)
         vgg = load_network(args, args.quiet)
@@ -147,7 +153,8 @@ def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
         every = tuple(k for k in (args.print_iter, args.save_iter) if k)
         results = sweep_lib.stylize_sweep(vgg, content, styles, [c for _, c in cells],
                                           batch_size=args.batch_size, init_image=init_image,
-                                          on_progress=on_progress, every=every)
+                                          on_progress=on_progress, every=every,
+                                          guidance=guide)
     bar.close()
     images = [r.images[0] for r in results]
     for image, f in zip(images, files):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxstyle import image_io
+from jaxstyle.cli import inputs
 from jaxstyle.cli import stylize as stylize_cli
 from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, enable_compilation_cache,
                                  load_network, non_negative_float, progress_bar)
@@ -119,12 +120,12 @@ def run(args: argparse.Namespace) -> int:
     if min(height, width) < 16:
         raise JaxstyleError(f"the frames are {width}x{height} at {long_side} px; VGG-19 needs 16 px "
                             "on the short side: raise --image-size")
-    stylize_cli.check_guidance_flags(args, cfg, has_content=True)
+    inputs.check_guidance_flags(args, cfg, has_content=True)
     stylize_cli.check_memory(cfg, height, width, num_styles=len(args.style))
     enable_compilation_cache(args)
     style_long = max(16, round(cfg.style_scale * long_side))
     styles = [image_io.load_image(s, style_long, role="style image") for s in args.style]
-    guide = stylize_cli.load_guidance(args, cfg, long_side, style_long)
+    guide = inputs.load_guidance(args, cfg, long_side, style_long)
     init_image = (image_io.load_image(cfg.init_image, long_side, role="init image")
                   if cfg.init == "image" else None)
 
