@@ -136,3 +136,30 @@ def warping_error(frames: Array, flows_bwd: Array, masks: Array) -> Array:
     """The flicker metric of a film: the mean over its frame pairs of `pair_warping_errors`
     (Lai et al. 2018, eq. 12) -> float32[]."""
     return jnp.mean(pair_warping_errors(frames, flows_bwd, masks))
+
+
+def affine_flow(height: int, width: int, shift: Array, angle: Array, scale: Array) -> Array:
+    """The exact flow of a similarity transform about the frame's centre: the frame moved by it is
+    ``warp(image, flow)``, whose pixel x samples the image at c + scale·R(angle)·(x − c) + shift.
+
+    Args:
+      shift: float32[2], (dx, dy) in pixels; angle: float32[] in radians; scale: float32[].
+
+    Returns:
+      float32[H, W, 2] (a whole-pixel shift with angle 0 and scale 1 is a constant flow).
+    """
+    x, y = _grid(height, width)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    cos, sin = jnp.cos(angle) * scale, jnp.sin(angle) * scale
+    px = cx + cos * (x - cx) - sin * (y - cy) + shift[0]
+    py = cy + sin * (x - cx) + cos * (y - cy) + shift[1]
+    return jnp.stack([px - x, py - y], axis=-1).astype(jnp.float32)
+
+
+def inside_mask(flow: Array) -> Array:
+    """float32[H, W]: 1 where x + flow(x) lies inside the frame (the warped image holds a real
+    sample there), 0 where `warp` repeats an edge pixel."""
+    h, w = flow.shape[:2]
+    x, y = _grid(h, w)
+    sx, sy = x + flow[..., 0], y + flow[..., 1]
+    return ((sx >= 0) & (sx <= w - 1) & (sy >= 0) & (sy <= h - 1)).astype(jnp.float32)

@@ -46,6 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--content-weight", type=non_negative_float, default=CONTENT_WEIGHT)
     g.add_argument("--style-weight", type=non_negative_float, default=STYLE_WEIGHT)
     g.add_argument("--tv-weight", type=non_negative_float, default=TV_WEIGHT)
+    g.add_argument("--temporal-weight", type=non_negative_float, default=0.0, metavar="W",
+                   help="stability under motion (video): W times the squared difference between "
+                        "the output of a randomly moved photo and the moved output, on [0,1] "
+                        "pixels (train.Motion; default 0: off)")
     g.add_argument("--content-layers", type=csv(str), default=train_lib.DEFAULT_CONTENT_LAYERS,
                    metavar="L1,L2", help=f"default {','.join(train_lib.DEFAULT_CONTENT_LAYERS)}")
     g.add_argument("--style-layers", type=csv(str), default=train_lib.DEFAULT_STYLE_LAYERS,
@@ -214,7 +218,8 @@ def train(args: argparse.Namespace, cfg: Config, output: Path, files: list[Path]
 
     vgg = load_network(args, args.quiet).with_pooling(cfg.pooling)
     spec = losses.LossSpec.from_config(cfg)
-    tl = train_lib.make_loss(vgg, styles, blend, spec, cfg.compute_dtype)
+    tl = train_lib.make_loss(vgg, styles, blend, spec, cfg.compute_dtype,
+                             temporal_weight=args.temporal_weight)
     step_fn = train_lib.make_step(tl, mesh)
     params, opt_state = train_lib.replicate((params, opt_state), mesh)
     styles_meta = [Path(s).name for s in args.style]
