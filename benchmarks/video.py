@@ -13,6 +13,12 @@ as `jaxstyle video` computes them. Prints one JSON object:
     matrices of the same VGG-19), and the ratio video / per_frame (target: within 1.1);
   iterations: first frame and mean of the later ones (target: later <= 0.3x the first);
   seconds_per_frame of each run (after a warm-up frame that compiles).
+
+With ``--segments N`` it measures parallel segments instead (run it with N simulated devices,
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``): the film in one segment, then in N
+segments as one batch split over the devices (`jaxstyle.video.plan_segments`, overlaps
+cross-faded), the same frames of work in each; prints seconds per frame of work and per output
+frame of both, their ratio, and every seam's warping error against the film's median pair.
 """
 
 from __future__ import annotations
@@ -41,20 +47,92 @@ def panning_film(photo: Path, frames: int, size: int, step: int) -> np.ndarray:
 
 
 def run(vgg, film, style, cfg, weight, independent):
+    """Frame by frame as `jaxstyle video` does; steps: per frame, over every scale it ran."""
     dis = flow.DISFlow("medium")
     out, steps, times = [], [], []
     for t, frame in enumerate(film):
         start = time.perf_counter()
+        per_scale = {}
+
+        def count(p, per_scale=per_scale):
+            per_scale[p.scale_index] = int(np.max(np.asarray(p.state.step)))
+
         if t == 0 or independent:
-            result = video.stylize_frames(vgg, frame[None], [style], cfg)
+            result = video.stylize_frames(vgg, frame[None], [style], cfg, on_progress=count)
         else:
             s, warped, mask = video.warped_start(out[-1], frame, *dis.pair(film[t - 1], frame))
             result = video.stylize_frames(vgg, frame[None], [style], cfg,
-                                          [video.Previous(s, warped, mask)], weight)
+                                          [video.Previous(s, warped, mask)], weight,
+                                          on_progress=count)
         out.append(video.quantize(result.images[0]))
-        steps.append(int(result.steps[0]))
+        per_scale[len(cfg.all_scales) - 1] = int(result.steps[0])
+        steps.append(sum(per_scale.values()))
         times.append(time.perf_counter() - start)
     return np.stack(out), steps, times
+
+
+def run_segments(vgg, film, style, cfg, weight, plan, mesh, problems):
+    """The film in ``plan``'s segments as one batch of ``problems`` (padded) per step, as
+    `jaxstyle video --segments` does; returns the cross-faded film and seconds per step."""
+    dis = flow.DISFlow("medium")
+    outs = [[] for _ in plan]
+    times = []
+    for i in range(max(len(s) for s in plan)):
+        start = time.perf_counter()
+        active = [k for k, s in enumerate(plan) if i < len(s)]
+        rows = active + [active[0]] * (problems - len(active))
+        contents = np.stack([film[plan[k].first + i] for k in rows])
+        if i == 0:
+            result = video.stylize_frames(vgg, contents, [style], cfg, mesh=mesh)
+        else:
+            prev = {k: video.Previous(*video.warped_start(
+                outs[k][-1], film[plan[k].first + i],
+                *dis.pair(film[plan[k].first + i - 1], film[plan[k].first + i]))) for k in active}
+            result = video.stylize_frames(vgg, contents, [style], cfg, [prev[k] for k in rows],
+                                          weight, mesh=mesh)
+        for row, k in enumerate(active):
+            outs[k].append(video.quantize(result.images[row]))
+        times.append(time.perf_counter() - start)
+    frames = np.stack([sum(w * outs[k][t - plan[k].first] for k, w in
+                           video.frame_sources(t, plan)) for t in range(len(film))])
+    return frames, times
+
+
+def segments_report(vgg, film, style, cfg, flows, masks, n, overlap) -> dict:
+    plan = video.plan_segments(len(film), n, overlap)
+    devices = jax.device_count()
+    problems = -(-len(plan) // devices) * devices
+    mesh = video.segment_mesh(problems)
+    # Compile both programs of both batch sizes first (first frames, later frames).
+    video.stylize_frames(vgg, film[:1], [style], cfg)
+    run(vgg, film[:2], style, cfg, None, False)
+    run_segments(vgg, film[:2 * problems], style, cfg, None,
+                 video.plan_segments(2 * problems, problems, 0), mesh, problems)
+    one, _, times_one = run(vgg, film, style, cfg, None, False)
+    many, times_many = run_segments(vgg, film, style, cfg, None, plan, mesh, problems)
+    work = sum(len(s) for s in plan)
+    pairs_one = np.asarray(warp.pair_warping_errors(one, flows, masks))
+    pairs = np.asarray(warp.pair_warping_errors(many, flows, masks))
+    median = float(np.median(pairs))
+    # Pair t (frames t-1, t) is a seam pair when t lies in [first, first + overlap] of a segment
+    # after the first: where the cross-fade moves (or, without overlap, the cut).
+    seams = {s.first: [float(pairs[t - 1]) for t in range(s.first, s.first + s.overlap + 1)
+                       if 1 <= t < len(film)] for s in plan[1:]}
+    worst = max((max(v) for v in seams.values()), default=0.0)
+    one_s, many_s = float(np.sum(times_one)), float(np.sum(times_many))
+    return dict(
+        devices=devices, segments=[[s.first, s.stop] for s in plan], overlap=overlap,
+        frames_of_work=work,
+        one_segment=dict(seconds=one_s, seconds_per_frame=one_s / len(film),
+                         warping_error=float(np.mean(pairs_one)),
+                         median_pair=float(np.median(pairs_one))),
+        segmented=dict(seconds=many_s, seconds_per_frame_of_work=many_s / work,
+                       seconds_per_output_frame=many_s / len(film),
+                       warping_error=float(np.mean(pairs)), median_pair=median,
+                       seam_pairs=seams, worst_seam_over_median=worst / median,
+                       worst_seam_over_one_segment_median=worst / float(np.median(pairs_one))),
+        time_per_frame_of_work_ratio=(many_s / work) / (one_s / len(film)),
+        time_per_output_frame_ratio=(many_s / len(film)) / (one_s / len(film)))
 
 
 def style_distance(vgg, frames, style, layers) -> float:
@@ -82,16 +160,28 @@ def main(argv=None) -> None:
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--temporal-weight", type=float, action="append",
                    help="repeatable (default: jaxstyle's default)")
+    p.add_argument("--segments", type=int, help="measure N parallel segments against one")
+    p.add_argument("--overlap", type=int, default=8, help="with --segments (default 8)")
+    p.add_argument("--stop-tolerance", type=float,
+                   help="the fast preset's early-stopping rule (default: its 0.0025)")
     args = p.parse_args(argv)
     vgg = vgg19.load(args.weights)
+    extra = {} if args.stop_tolerance is None else dict(stop_tolerance=args.stop_tolerance)
     cfg = from_preset("fast", image_size=args.size, num_iterations=args.iterations,
-                      loss_scale="relative", **RELATIVE_WEIGHTS)
+                      loss_scale="relative", **RELATIVE_WEIGHTS, **extra)
     film = panning_film(Path(args.content), args.frames, args.size, args.step)
     style = image_io.load_image(args.style, args.size)
     dis = flow.DISFlow("medium")
     pairs = [dis.pair(film[t - 1], film[t]) for t in range(1, len(film))]
     flows = np.stack([b for _, b in pairs])
     masks = np.stack([np.asarray(warp.occlusion_mask(f, b)) for f, b in pairs])
+    if args.segments:
+        report = dict(size=list(film.shape[1:3]), frames=len(film), step_px=args.step,
+                      iterations_cap=args.iterations, device=str(jax.devices()[0]),
+                      **segments_report(vgg, film, style, cfg, flows, masks, args.segments,
+                                        args.overlap))
+        print(json.dumps(report, indent=1))
+        return
     video.stylize_frames(vgg, film[:1], [style], cfg)  # compile the first-frame program
     per_frame, steps_pf, times_pf = run(vgg, film, style, cfg, None, True)
     err_pf = float(warp.warping_error(per_frame, flows, masks))

@@ -74,7 +74,7 @@ class Previous:
 def stylize_frames(vgg: vgg19.VGG, contents: np.ndarray, styles: Sequence[np.ndarray], cfg: Config,
                    previous: Sequence[Previous] | None = None, temporal_weight: float | None = None,
                    on_progress: Callable[[stylize_lib.Progress], None] | None = None,
-                   every: tuple[int, ...] = (), **kwargs) -> stylize_lib.Result:
+                   every: tuple[int, ...] = (), mesh=None, **kwargs) -> stylize_lib.Result:
     """P frames (of P films, or P segments of one) as one batch, each its own problem.
 
     Args:
@@ -82,18 +82,30 @@ def stylize_frames(vgg: vgg19.VGG, contents: np.ndarray, styles: Sequence[np.nda
       previous: None for first frames (stylized as still images, every scale of ``cfg``), or one
         `Previous` per frame: then only the final scale runs, from ``start``, with the temporal term.
       temporal_weight: the temporal term's weight (None: `default_temporal_weight`).
+      mesh: a device mesh (`segment_mesh`) to split the P problems over (P a multiple of its
+        size); None: one device.
       kwargs: passed to `stylize.stylize_batch` (guidance, init_image, to_host).
 
     Returns:
       `stylize.Result` with the P stylized frames.
     """
+    if mesh is not None:  # segments over devices: problems split, the network on each
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from jaxstyle.batch import _to_host
+
+        vgg = jax.device_put(vgg, NamedSharding(mesh, PartitionSpec()))
+        kwargs.setdefault("to_host", _to_host)
+    contents = shard_problems(contents, mesh)
     if previous is None:
         return stylize_lib.stylize_batch(vgg, contents, styles, cfg, on_progress=on_progress,
                                          every=every, **kwargs)
     weight = default_temporal_weight(cfg) if temporal_weight is None else temporal_weight
-    start = stylize_lib.Start(len(cfg.all_scales) - 1, 0, np.stack([p.start for p in previous]))
-    temporal = {"image": jnp.asarray(np.stack([p.warped for p in previous])),
-                "mask": jnp.asarray(np.stack([p.mask for p in previous])), "weight": weight}
+    start = stylize_lib.Start(len(cfg.all_scales) - 1, 0,
+                              shard_problems(np.stack([p.start for p in previous]), mesh))
+    temporal = {"image": jnp.asarray(shard_problems(np.stack([p.warped for p in previous]), mesh)),
+                "mask": jnp.asarray(shard_problems(np.stack([p.mask for p in previous]), mesh)),
+                "weight": weight}
     return stylize_lib.stylize_batch(vgg, contents, styles, cfg, start=start, temporal=temporal,
                                      on_progress=on_progress, every=every, **kwargs)
 
@@ -103,3 +115,83 @@ def quantize(image: np.ndarray) -> np.ndarray:
     resumed from the stored frames then equals an uninterrupted one."""
     return (np.clip(np.rint(np.asarray(image, np.float32) * 255.0), 0, 255) / 255.0).astype(
         np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parallel segments: a film cut into N segments that run as one batch (one problem each), each
+# sequential inside; neighbours overlap by a few frames, which are cross-faded.
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Frames ``first`` … ``stop - 1`` of the film, stylized in order from ``first`` (a first
+    frame, every scale) on; the first ``overlap`` of them (none for the first segment) are also
+    the previous segment's last ones and are cross-faded with them."""
+
+    first: int
+    stop: int
+    overlap: int
+
+    def __len__(self) -> int:
+        return self.stop - self.first
+
+
+def _plan(num_frames: int, n: int, overlap: int) -> list[Segment] | None:
+    length = -(-(num_frames + (n - 1) * overlap) // n)  # ceil: every segment the same work
+    firsts = [k * (length - overlap) for k in range(n)]
+    if length - overlap < 1 or length < 2 * overlap or firsts[-1] + overlap >= num_frames:
+        return None
+    return [Segment(f, min(num_frames, f + length), overlap if k else 0)
+            for k, f in enumerate(firsts)]
+
+
+def plan_segments(num_frames: int, num_segments: int, overlap: int) -> list[Segment]:
+    """The film's N segments of equal work (the last may be shorter): segment k starts at
+    k·(L − overlap) and runs L frames, L = ⌈(T + (N − 1)·overlap) / N⌉, so neighbours share
+    ``overlap`` frames. A film too short for that gets fewer overlap frames, then fewer segments
+    (one frame a segment at the least); one segment is the whole film."""
+    if num_frames < 1 or num_segments < 1 or overlap < 0:
+        raise ValueError(f"no plan for {num_frames} frames, {num_segments} segments, "
+                         f"overlap {overlap}")
+    for n in range(min(num_segments, num_frames), 0, -1):
+        for v in range(overlap, -1, -1):
+            plan = _plan(num_frames, n, v)
+            if plan is not None:
+                return plan
+    raise AssertionError("one segment always fits")  # pragma: no cover
+
+
+def frame_sources(index: int, segments: Sequence[Segment]) -> list[tuple[int, float]]:
+    """Which segments' frames make output frame ``index``, and their weights (summing to 1):
+    one segment outside the overlaps; inside segment k's overlap of V frames, its j-th frame
+    weighs (j + 1) / (V + 1) and the previous segment's the rest (a linear cross-fade, so the
+    difference between the two segments' styles is spread over V + 1 frame pairs)."""
+    for k in range(len(segments) - 1, -1, -1):
+        s = segments[k]
+        if s.first <= index < s.stop:
+            j = index - s.first
+            if k and j < s.overlap:
+                alpha = (j + 1) / (s.overlap + 1)
+                return [(k - 1, 1.0 - alpha), (k, alpha)]
+            return [(k, 1.0)]
+    raise IndexError(f"frame {index} is in no segment")
+
+
+def segment_mesh(num_problems: int):
+    """The device mesh a batch of ``num_problems`` segments is split over: every device when
+    they divide evenly, else None (one device)."""
+    from jaxstyle.batch import device_mesh
+
+    n = jax.device_count()
+    return device_mesh() if n > 1 and num_problems % n == 0 else None
+
+
+def shard_problems(array, mesh):
+    """``array`` [P, ...] split along P over ``mesh`` (None: as it is)."""
+    if mesh is None:
+        return array
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jaxstyle.batch import _global_array
+
+    return _global_array(np.asarray(array, np.float32), NamedSharding(mesh, PartitionSpec("batch")))

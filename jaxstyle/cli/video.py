@@ -23,7 +23,7 @@ from jaxstyle import image_io
 from jaxstyle.cli import inputs
 from jaxstyle.cli import stylize as stylize_cli
 from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, enable_compilation_cache,
-                                 load_network, non_negative_float, progress_bar)
+                                 load_network, non_negative_float, positive, progress_bar)
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.imageops import fit_long_side
 
@@ -33,6 +33,17 @@ FRAMES_SUFFIX = ".frames"
 NOT_FOR_FILMS = {"help", "content", "output", "batch_size", "all_pairs", "sweep", "gif",
                  "gif_every", "save_iter", "log_dir", "web", "web_keep", "bit_depth"}
 DEFAULT_LONG_SIDE = 512
+# Cross-faded frames between segments: the two segments' styles differ about as much as two
+# frames stylized alone (~40-60x the warping error of a stable film); a linear fade over V frames
+# spreads that over V + 1 pairs, (V + 1)² times less per pair (see docs/video.md).
+DEFAULT_OVERLAP = 8
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
+    return value
 
 
 def _stylize_parser() -> argparse.ArgumentParser:
@@ -69,6 +80,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--independent", action="store_true",
                    help="stylize every frame alone, from scratch (per-frame stylization, which "
                         "flickers: for comparison)")
+    g.add_argument("--segments", type=positive(int), metavar="N",
+                   help="cut the film into N segments stylized side by side as one batch, each "
+                        "in order inside, split over the devices (default: one per device; on "
+                        "one device segments bring no speed)")
+    g.add_argument("--overlap", type=non_negative_int, default=DEFAULT_OVERLAP, metavar="V",
+                   help="frames each segment after the first also stylizes before its start, "
+                        f"cross-faded with its neighbour's (default {DEFAULT_OVERLAP})")
     p.set_defaults(run=run)
 
 
@@ -130,9 +148,15 @@ def run(args: argparse.Namespace) -> int:
                   if cfg.init == "image" else None)
 
     folder = Path(str(output) + FRAMES_SUFFIX)
+    segments = args.segments or _default_segments()
+    if segments > 1 and info.num_frames is None:
+        raise JaxstyleError(f"'{source}' does not say how many frames it holds, which segments "
+                            "need; use --segments 1")
     settings = dict(input=str(source.resolve()), size=[height, width], config=repr(cfg),
                     temporal_weight=args.temporal_weight, independent=args.independent,
                     styles=[str(Path(s).resolve()) for s in args.style])
+    if segments > 1:
+        settings.update(segments=segments, overlap=args.overlap)
     done = 0
     if args.resume:
         try:
@@ -143,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         if saved != settings:
             raise JaxstyleError(f"--resume: '{folder}' was made with other settings or another "
                                 "input; use the same flags or drop --resume")
-        done = _finished_frames(folder)
+        done = _finished_frames(folder) if segments == 1 else 0
     elif folder.exists():
         raise JaxstyleError(f"'{folder}' holds frames of an interrupted run: continue it with "
                             "--resume, or delete it")
@@ -153,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
 
     vgg = load_network(args, args.quiet)
     dis = flow.DISFlow(args.flow_preset)
+    if segments > 1:
+        return _run_segments(args, source, output, folder, info, vgg, dis, styles, cfg, guide,
+                             init_image, height, width, segments)
     total = info.num_frames
     bar = progress_bar(total, "frame", args.quiet, desc="video", initial=done)
     previous_in = previous_out = None
@@ -217,6 +244,122 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_ERROR
     print(summary, file=sys.stderr if args.quiet else sys.stdout)
+    return 0
+
+
+def _default_segments() -> int:
+    import jax
+
+    return jax.device_count()
+
+
+def _segment_path(folder: Path, k: int, index: int) -> Path:
+    return folder / f"segment_{k:03d}" / f"frame_{index:06d}.png"
+
+
+def _run_segments(args, source, output, folder, info, vgg, dis, styles, cfg, guide, init_image,
+                  height, width, num_segments) -> int:
+    """The film in `video.plan_segments`' segments, side by side as one batch (split over the
+    devices when they divide it): step i stylizes frame i of every segment. Segment k's frames go
+    to ``OUT.frames/segment_k/``; the output cross-fades the overlaps (`video.frame_sources`)."""
+    import jax
+
+    from jaxstyle import video, video_io
+
+    plan = video.plan_segments(info.num_frames, num_segments, args.overlap)
+    devices = jax.device_count()
+    problems = -(-len(plan) // devices) * devices  # padded to the devices (padding discarded)
+    mesh = video.segment_mesh(problems)
+    length = max(len(s) for s in plan)
+    for k in range(len(plan)):
+        (folder / f"segment_{k:03d}").mkdir(parents=True, exist_ok=True)
+
+    def finished(k: int) -> int:
+        n = 0
+        while n < len(plan[k]) and _segment_path(folder, k, plan[k].first + n).exists():
+            n += 1
+        return n
+
+    done = min(finished(k) for k in range(len(plan))) if args.resume else 0
+    readers, prev_in, prev_out = [], [None] * len(plan), [None] * len(plan)
+    for k, s in enumerate(plan):
+        readers.append(video_io.read_frames(source, height, width,
+                                            skip=s.first + max(done - 1, 0)))
+        if 0 < done <= len(s):  # resuming: each segment's last finished frame and its input
+            prev_in[k] = next(readers[k])
+            prev_out[k] = image_io.load_image(_segment_path(folder, k, s.first + done - 1),
+                                              role="frame")
+    work = sum(len(s) for s in plan)
+    bar = progress_bar(work, "frame", args.quiet, desc=f"video x{len(plan)}",
+                       initial=sum(min(done, len(s)) for s in plan))
+    steps: list[list[int]] = []
+    broken = None
+    started = time.perf_counter()
+    try:
+        for i in range(done, length):
+            active = [k for k, s in enumerate(plan) if i < len(s)]
+            frames = {k: next(readers[k]) for k in active}
+            pad = [active[0]] * (problems - len(active))
+            contents = np.stack([frames[k] for k in active + pad])
+            if i == 0 or args.independent:
+                result = video.stylize_frames(vgg, contents, styles, cfg, guidance=guide,
+                                              init_image=init_image, mesh=mesh)
+            else:
+                previous = {k: video.Previous(*video.warped_start(
+                    prev_out[k], frames[k], *dis.pair(prev_in[k], frames[k]))) for k in active}
+                result = video.stylize_frames(vgg, contents, styles, cfg,
+                                              [previous[k] for k in active + pad],
+                                              args.temporal_weight, guidance=guide, mesh=mesh)
+            for row, k in enumerate(active):
+                index = plan[k].first + i
+                if result.diverged[row]:
+                    raise JaxstyleError(f"the loss of frame {index} became NaN or infinite; "
+                                        f"finished frames are kept in '{folder}'. Lower "
+                                        "--style-weight or --temporal-weight and --resume")
+                prev_out[k], prev_in[k] = video.quantize(result.images[row]), frames[k]
+                image_io.save_image(prev_out[k], _segment_path(folder, k, index))
+            steps.append([int(result.steps[row]) if result.steps is not None
+                          else cfg.num_iterations for row in range(len(active))])
+            bar.update(len(active))
+            bar.set_postfix(it=max(steps[-1]), refresh=False)
+            _frame_done(i)
+    except video_io.BrokenStream as e:
+        broken = e
+    except KeyboardInterrupt:
+        bar.close()
+        kept = sum(finished(k) for k in range(len(plan)))
+        print(f"jaxstyle: interrupted; kept {kept} finished frame(s) in {folder}; continue with "
+              "--resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    bar.close()
+
+    def ready(index: int) -> bool:
+        return all(_segment_path(folder, k, index).exists()
+                   for k, _ in video.frame_sources(index, plan))
+
+    good = 0
+    while good < info.num_frames and ready(good):
+        good += 1
+    if good == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise JaxstyleError(f"'{source}' holds no frames FFmpeg can decode" +
+                            (f" ({broken})" if broken else ""))
+    with video_io.FilmWriter(output, height, width, info.frame_rate,
+                             audio_from=None if source.is_dir() else source) as writer:
+        for index in range(good):
+            writer.write(sum(w * image_io.load_image(_segment_path(folder, k, index), role="frame")
+                             for k, w in video.frame_sources(index, plan)))
+    if broken is not None:
+        print(f"jaxstyle: error: {broken}; the {good} good frames before it are in {output} "
+              f"(stylized frames of later segments are kept in {folder})", file=sys.stderr)
+        return EXIT_ERROR
+    shutil.rmtree(folder, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    later = [n for row in steps[1:] for n in row]
+    print(f"wrote {output} ({good} frames at {float(info.frame_rate):g} fps, {len(plan)} "
+          f"segments of {length} frames, {seconds / max(len(steps), 1):.2f} s a step of "
+          f"{len(plan)} frames; iterations: later frames a mean of "
+          f"{np.mean(later) if later else 0:.1f})", file=sys.stderr if args.quiet else sys.stdout)
     return 0
 
 
