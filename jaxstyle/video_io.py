@@ -122,6 +122,7 @@ def read_frames(path: str | os.PathLike, height: int | None = None, width: int |
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            listed = stream.frames or None
             for frame in container.decode(stream):
                 good += 1
                 if good <= skip:
@@ -131,6 +132,11 @@ def read_frames(path: str | os.PathLike, height: int | None = None, width: int |
                 yield frame.to_ndarray(format="rgb24", **kwargs).astype(np.float32) / 255.0
     except av.FFmpegError as e:
         raise BrokenStream(path, good, _one_line(e)) from None
+    # A file cut short (e.g. an MP4 with its index first, truncated) decodes without an error,
+    # only fewer frames than its container lists.
+    if listed is not None and good < listed:
+        raise BrokenStream(path, good, f"its container lists {listed} frames; the data ends "
+                                       f"after {good}")
 
 
 def _audio_packets(container, stream) -> Iterator:

@@ -320,3 +320,70 @@ def test_segments_on_one_device_join_without_a_seam(capsys, film, per_frame, ker
     alone = float(warp.warping_error(per_frame, flows, masks))
     assert errors.max() < alone / 4, (errors, alone)
     assert errors[0] < alone / 10 and errors[-1] < alone / 10  # each segment is stable inside
+
+
+# ----------------------------------------------------------------------------------------------
+# Long and broken films.
+
+
+def faststart(src: Path, dst: Path) -> Path:
+    """``src`` remuxed with its index (moov) first, as streamed MP4s are: cut short, such a
+    file still opens and decodes up to where its data ends."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    return dst
+
+
+def test_a_film_cut_short_keeps_its_good_frames_and_says_so(capsys, keras_safetensors, tmp_path):
+    whole = faststart(make_film(tmp_path / "a.mp4", pan_frames(12), audio=False),
+                      tmp_path / "whole.mp4")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:len(data) * 80 // 100])
+    # The reference: what PyAV itself decodes from the cut file before it stops (silently, or
+    # with an error on the last, partial packet).
+    decodable = 0
+    with av.open(str(cut)) as c:
+        try:
+            for _ in c.decode(video=0):
+                decodable += 1
+        except av.FFmpegError:
+            pass
+    assert 0 < decodable < 12
+    with pytest.raises(video_io.BrokenStream, match=f"breaks after frame {decodable}"):
+        for _ in video_io.read_frames(cut):
+            pass
+    out = tmp_path / "out.mp4"
+    code, _, err = run(capsys, *video_args(cut, keras_safetensors, out))
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"breaks after frame {decodable}" in err and f"the {decodable} good frames" in err
+    assert streams(out)["frames"] == decodable
+
+
+def test_reading_and_writing_a_long_film_holds_a_bounded_number_of_frames(tmp_path):
+    """300 frames through read_frames into FilmWriter: Python's peak memory (numpy arrays
+    included) stays within a few frames, far below the film's 300."""
+    import tracemalloc
+
+    frame = np.random.default_rng(3).integers(0, 256, (FH, FW, 3), np.uint8)
+    src = make_film(tmp_path / "long.mp4", [np.roll(frame, t, axis=1) for t in range(300)],
+                    audio=True)
+    frame_bytes = FH * FW * 3 * 4  # one float32 frame
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        count = 0
+        with video_io.FilmWriter(tmp_path / "copy.mp4", FH, FW, Fraction(12),
+                                 audio_from=src) as writer:
+            for image in video_io.read_frames(src):
+                writer.write(image)
+                count += 1
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert count == 300 and streams(tmp_path / "copy.mp4")["frames"] == 300
+    assert peak < 20 * frame_bytes, (peak / frame_bytes, "frames")  # the film is 300
