@@ -24,6 +24,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxstyle import buckets as shape_buckets
 from jaxstyle import stylize as stylize_lib
 from jaxstyle.config import Config
 from jaxstyle.imageops import fit_long_side, resize
@@ -83,7 +84,8 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
                  cfg: Config, batch_size: int = 4, mesh: Mesh | None = None,
                  on_progress: Callable[[BatchProgress], None] | None = None,
                  every: tuple[int, ...] = (),
-                 init_image: np.ndarray | None = None) -> list[stylize_lib.Result]:
+                 init_image: np.ndarray | None = None,
+                 bucket: bool = False) -> list[stylize_lib.Result]:
     """Stylizes each content image with the same styles, in bucketed, sharded batches.
 
     Args:
@@ -92,6 +94,9 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
       batch_size: the most problems per compiled run (caps memory).
       mesh: the device mesh (default: all devices).
       init_image: float32[Hi, Wi, 3], every problem's start for ``cfg.init == "image"``.
+      bucket: run on shape buckets (`jaxstyle.buckets`): photos whose padded shapes match share
+        every compiled program (batches hold photos of one size; a bucket's batches all have
+        the same number of problems).
 
     Returns:
       One `stylize.Result` per content image (its ``images`` has one image), in input order.
@@ -102,13 +107,19 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
     resized = [resize(np.asarray(c, np.float32), *fit_long_side(c.shape[0], c.shape[1], final))
                for c in contents]
     buckets = bucket_by_shape({i: tuple(img.shape[:2]) for i, img in enumerate(resized)})
+    sizes = {shape: len(keys) for shape, keys in buckets.items()}
+    if bucket:  # photos of one padded shape run one after another, with one batch size
+        padded = {shape: shape_buckets.bucket_shape(*shape) for shape in buckets}
+        sizes = {shape: sum(len(k) for s, k in buckets.items() if padded[s] == padded[shape])
+                 for shape in buckets}
+        buckets = dict(sorted(buckets.items(), key=lambda item: padded[item[0]]))
     problems_sharding = NamedSharding(mesh, PartitionSpec("batch"))
     vgg = jax.device_put(vgg, NamedSharding(mesh, PartitionSpec()))
     total = len(contents) * cfg.total_iterations
     done_before = 0
     results: dict[int, stylize_lib.Result] = {}
-    for keys in buckets.values():
-        size = padded_batch_size(len(keys), batch_size, num_devices)
+    for shape, keys in buckets.items():
+        size = padded_batch_size(sizes[shape], batch_size, num_devices)
         for batch in _batches(keys, size):
             padded = batch + [batch[0]] * (size - len(batch))
             stacked = _global_array(np.stack([np.asarray(resized[k]) for k in padded]),
@@ -120,7 +131,8 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
                     on_progress(BatchProgress(base + len(keys) * step, total, p, keys))
 
             result = stylize_lib.stylize_batch(vgg, stacked, styles, cfg, init_image=init_image,
-                                               on_progress=report, every=every, to_host=_to_host)
+                                               on_progress=report, every=every, to_host=_to_host,
+                                               bucket=bucket)
             for i, key in enumerate(batch):
                 results[key] = result.problem(i)
             done_before += len(batch) * cfg.total_iterations

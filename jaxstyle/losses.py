@@ -204,6 +204,10 @@ class Targets:
     style: dict
     guidance: dict | None = None
     temporal: dict | None = None
+    # A padded image (`jaxstyle.buckets`): None, or {"image": float32[B, H, W], layer:
+    # float32[B, h, w]}, 1 where the photo is and 0 on its padding, at the image and at each layer
+    # the loss reads. Every term then counts the valid positions only (`masked_*`).
+    valid: dict | None = None
 
 
 def style_grams(vgg: vgg19.VGG, style_image: Array, spec: LossSpec, dtype=jnp.float32) -> dict:
@@ -231,10 +235,16 @@ def targets(vgg: vgg19.VGG, content_images: Array, style_images: Sequence[Array]
                    style=style_targets(vgg, style_images, blend_weights, spec, dtype))
 
 
-def content_targets(vgg: vgg19.VGG, content_images: Array, spec: LossSpec, dtype=jnp.float32
-                    ) -> dict:
-    """content_images: float32[B, H, W, 3] -> {layer: float32[B, h, w, C]} (`targets`' content)."""
-    content = vgg19.features(vgg, content_images, spec.content_layers, dtype=dtype)
+def content_targets(vgg: vgg19.VGG, content_images: Array, spec: LossSpec, dtype=jnp.float32,
+                    valid: dict | None = None) -> dict:
+    """content_images: float32[B, H, W, 3] -> {layer: float32[B, h, w, C]} (`targets`' content).
+    valid: a padded image's masks (`Targets.valid`)."""
+    if valid is not None:
+        from jaxstyle import buckets
+
+        content = buckets.masked_features(vgg, content_images, spec.content_layers, valid, dtype)
+    else:
+        content = vgg19.features(vgg, content_images, spec.content_layers, dtype=dtype)
     return {k: v.astype(jnp.float32) for k, v in content.items()}
 
 
@@ -255,6 +265,8 @@ def loss_terms(features: dict[str, Array], images: Array, targets: Targets, spec
 
     features: `vgg19.features` of ``images`` at ``spec.layers``; images: float32[B, H, W, 3].
     """
+    if targets.valid is not None:
+        return _masked_terms(features, images, targets, spec)
     content = sum(spec.content_weights[i] * content_loss(features[name], targets.content[name],
                                                          spec.normalization)
                   for i, name in enumerate(spec.content_layers))
@@ -281,7 +293,12 @@ def total_loss(vgg: vgg19.VGG, images: Array, targets: Targets, spec: LossSpec,
 
     Independent images stay independent: the gradient of the sum is each image's own gradient.
     """
-    feats = vgg19.features(vgg, images, spec.layers, dtype=dtype)
+    if targets.valid is not None:  # a padded image: the photo's own activations
+        from jaxstyle import buckets
+
+        feats = buckets.masked_features(vgg, images, spec.layers, targets.valid, dtype)
+    else:
+        feats = vgg19.features(vgg, images, spec.layers, dtype=dtype)
     terms = loss_terms(feats, images, targets, spec)
     return sum(jnp.sum(t) for t in terms.values()), terms
 
@@ -386,8 +403,20 @@ def target_scales(targets: Targets, spec: LossSpec, content_images: Array) -> di
         means = jnp.mean(x.reshape(x.shape[0], -1), axis=1)
         return jnp.broadcast_to(means, (num_problems,))
 
-    content = jnp.stack([per_problem(jnp.square(targets.content[n])) for n in spec.content_layers],
-                        axis=-1)
+    valid = targets.valid
+    if valid is not None:  # a padded image: the mean square over the valid positions
+        from jaxstyle import buckets
+
+        valid = {**{n: valid[buckets.level(n)] for n in spec.content_layers},
+                 "image": valid["level0"]}
+        def content_scale(n):
+            x = targets.content[n]
+            return jnp.broadcast_to(_sum_per_image(jnp.square(x) * valid[n][..., None])
+                                    / (_count(valid[n]) * x.shape[-1]), (num_problems,))
+    else:
+        def content_scale(n):
+            return per_problem(jnp.square(targets.content[n]))
+    content = jnp.stack([content_scale(n) for n in spec.content_layers], axis=-1)
     if spec.style_loss == "w2":
         def scale(t):
             c = t.shape[-1]
@@ -398,7 +427,11 @@ def target_scales(targets: Targets, spec: LossSpec, content_images: Array) -> di
             return per_problem(jnp.square(t))
     style = jnp.stack([scale(targets.style[n]) for n in spec.style_layers], axis=-1)
     # Floored at a mean |Δx| of 1 % so that a flat content image does not make TV weigh infinitely.
-    tv = jnp.maximum(total_variation(content_images), 255.0**2 * h * w * 1e-4)
+    if valid is not None:
+        tv = jnp.maximum(masked_total_variation(content_images, valid["image"]),
+                         255.0**2 * _count(valid["image"]) * 1e-4)
+    else:
+        tv = jnp.maximum(total_variation(content_images), 255.0**2 * h * w * 1e-4)
     return {"content": content, "style": style, "tv": tv}
 
 
@@ -566,3 +599,86 @@ def temporal_loss(images: Array, warped: Array, mask: Array) -> Array:
     weighted = jnp.broadcast_to(mask.astype(jnp.float32) * diff * diff, images.shape)
     _, h, w, c = images.shape
     return _sum_per_image(weighted) / (h * w * c)
+
+
+# ----------------------------------------------------------------------------------------------
+# A padded image (shape buckets, `jaxstyle.buckets`): every term over the valid positions only.
+# ``mask``: float32[B or 1, h, w], 1 on the photo, 0 on the padding.
+
+
+def _count(mask: Array) -> Array:
+    return jnp.maximum(_sum_per_image(mask), 1.0)
+
+
+def masked_content_loss(features: Array, target: Array, mask: Array,
+                        normalization: str = "neural-style") -> Array:
+    """`content_loss` over the valid positions: the mean over them (neural-style), or half the
+    sum (gatys). -> float32[B]."""
+    diff = features.astype(jnp.float32) - target.astype(jnp.float32)
+    sq = _sum_per_image(jnp.broadcast_to(mask[..., None] * diff * diff, diff.shape))
+    if normalization == "gatys":
+        return 0.5 * sq
+    return sq / (_count(mask) * diff.shape[-1])
+
+
+def masked_gram(features: Array, mask: Array, normalize: bool = True) -> Array:
+    """`gram_matrix` of the valid positions alone: Σ m·f·fᵀ / (C·n), n = Σ m (FᵀF with
+    ``normalize`` False). -> float32[B, C, C]."""
+    b, h, w, c = features.shape
+    m = jnp.broadcast_to(mask, (b, h, w)).reshape(b, 1, h * w)
+    scale = 1.0 / (c * _count(mask)) if normalize else jnp.ones((1,), jnp.float32)
+    return _guided_gram(features, lax.stop_gradient(m), jnp.broadcast_to(scale, (b,))[:, None])[:, 0]
+
+
+def masked_style_loss(features: Array, target_gram: Array, mask: Array,
+                      normalization: str = "neural-style") -> Array:
+    """`style_loss` with `masked_gram` (gatys: N is the valid count). -> float32[B]."""
+    c = features.shape[-1]
+    diff = masked_gram(features, mask, normalize=normalization != "gatys") - target_gram
+    sq = _sum_per_image(diff * diff)
+    if normalization == "gatys":
+        return sq / (4.0 * c**2 * _count(mask) ** 2)
+    return sq / (c * c)
+
+
+def masked_w2_style_loss(features: Array, target: Array, mask: Array) -> Array:
+    """`w2_style_loss` with the moments of the valid positions. -> float32[B]."""
+    b, h, w, c = features.shape
+    m = jnp.broadcast_to(mask, (b, h, w)).reshape(b, h * w, 1)
+    n = _count(mask)
+    root, mean_t = target[:, :-1], target[:, -1]
+    mean = jnp.sum(features.reshape(b, h * w, c).astype(jnp.float32) * m, axis=1) / n[:, None]
+    second = masked_gram(features, mask, normalize=True) * c
+    cov = second - mean[:, :, None] * mean[:, None, :]
+    cross = jnp.trace(sqrtm_psd(root @ cov @ root), axis1=-2, axis2=-1)
+    trace_t = jnp.sum(root * root, axis=(-2, -1))
+    d2 = (jnp.sum((mean - mean_t) ** 2, axis=-1) + jnp.trace(cov, axis1=-2, axis2=-1) + trace_t
+          - 2.0 * cross)
+    return jnp.maximum(d2, 0.0) / c
+
+
+def masked_total_variation(images: Array, mask: Array) -> Array:
+    """`total_variation` over neighbour pairs whose both pixels are valid. -> float32[B]."""
+    m = mask[..., None]
+    dy = (images[:, 1:] - images[:, :-1]) * (m[:, 1:] * m[:, :-1])
+    dx = (images[:, :, 1:] - images[:, :, :-1]) * (m[:, :, 1:] * m[:, :, :-1])
+    return 0.5 * 255.0**2 * (_sum_per_image(dy * dy) + _sum_per_image(dx * dx))
+
+
+def _masked_terms(features, images, targets: Targets, spec: LossSpec) -> dict[str, Array]:
+    from jaxstyle import buckets
+
+    valid = {name: targets.valid[buckets.level(name)] for name in spec.layers}
+    valid["image"] = targets.valid["level0"]
+    content = sum(spec.content_weights[i] * masked_content_loss(
+        features[name], targets.content[name], valid[name], spec.normalization)
+        for i, name in enumerate(spec.content_layers))
+    if spec.style_loss == "w2":
+        one_style = masked_w2_style_loss
+    else:
+        one_style = functools.partial(masked_style_loss, normalization=spec.normalization)
+    style = sum(spec.style_weights[i] * one_style(features[name], targets.style[name],
+                                                  valid[name])
+                for i, name in enumerate(spec.style_layers))
+    tv = spec.tv_weight * masked_total_variation(images, valid["image"])
+    return {"content": content, "style": style, "tv": tv}

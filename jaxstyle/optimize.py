@@ -254,11 +254,13 @@ def problem_targets(targets: losses.Targets, num_problems: int) -> losses.Target
     # A film's temporal targets (image [P, H, W, 3], mask [P, H, W, 1]) are per problem.
     temporal = None if targets.temporal is None else {
         k: v[:, None] for k, v in targets.temporal.items()}
+    # A padded image's validity masks (`jaxstyle.buckets`) are per problem: [P, h, w].
+    valid = None if targets.valid is None else {k: v[:, None] for k, v in targets.valid.items()}
     return losses.Targets(
         content={k: v[:, None] for k, v in targets.content.items()},
         style={k: jnp.broadcast_to(v, (num_problems,) + v.shape[1:])[:, None]
                for k, v in targets.style.items()},
-        guidance=guidance, temporal=temporal)
+        guidance=guidance, temporal=temporal, valid=valid)
 
 
 def _all_finite(*arrays: Array) -> Array:
@@ -279,10 +281,16 @@ def step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.
         return loss, {k: v[0] for k, v in terms.items()}
 
     (loss, terms), grad = jax.value_and_grad(objective, has_aux=True)(state.image)
+    frozen = None
+    if targets.valid is not None:  # a padded image (`jaxstyle.buckets`): its padding stays fixed
+        frozen = targets.valid["level0"][0][..., None] == 0
+        grad = jnp.where(frozen, 0.0, grad)
     updates, opt_state = method.transformation().update(grad, state.opt_state, state.image)
     if step_scale is not None:
         updates = updates * step_scale
     image = jnp.clip(state.image + updates, 0.0, 1.0)
+    if frozen is not None:
+        image = jnp.where(frozen, state.image, image)
     apply = ~state.diverged & _all_finite(loss, grad, image)
     keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
     # The optimizer state is not gated: once a problem diverges it never applies an update again,

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from jaxstyle import guidance as guidance_lib
-from jaxstyle import losses, optimize
+from jaxstyle import buckets, losses, optimize
 from jaxstyle.config import Config, check_sweep
 from jaxstyle.errors import ConfigError
 from jaxstyle.imageops import fit_long_side, match_colors, original_colors, resize
@@ -47,11 +47,14 @@ class Progress:
     num_iterations: int
     state: optimize.RunState
     to_host: Callable[[Array], np.ndarray] = np.asarray
+    size: tuple[int, int] | None = None  # a padded run's photo (h, w), at the top left
 
     @property
     def images(self) -> np.ndarray:
-        """The result so far: the iterates, or their average / best when tracked with those."""
-        return self.to_host(optimize.result_images(self.state))
+        """The result so far: the iterates, or their average / best when tracked with those
+        (the photo alone, its padding cropped)."""
+        images = self.to_host(optimize.result_images(self.state))
+        return images if self.size is None else images[:, :self.size[0], :self.size[1]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,18 +128,22 @@ def _noise_start(contents: Array, seed: Array) -> Array:
     return _broadcast_start(contents, start)
 
 
-def _content_targets(vgg, contents, spec, dtype, sequential) -> dict:
+def _content_targets(vgg, contents, spec, dtype, sequential, valid=None) -> dict:
     # Each content image's features as the same per-image program (see `optimize.over_problems`).
-    one = lambda image: losses.content_targets(vgg, image[None], spec, jnp.dtype(dtype))  # noqa: E731
-    return {k: v[:, 0] for k, v in optimize.over_problems(one, sequential)(contents).items()}
+    if valid is None:
+        one = lambda image: losses.content_targets(vgg, image[None], spec, jnp.dtype(dtype))  # noqa: E731
+        return {k: v[:, 0] for k, v in optimize.over_problems(one, sequential)(contents).items()}
+    own = lambda image, masks: losses.content_targets(  # noqa: E731
+        vgg, image[None], spec, jnp.dtype(dtype), {k: m[None] for k, m in masks.items()})
+    return {k: v[:, 0] for k, v in optimize.over_problems(own, sequential)(contents, valid).items()}
 
 
 @functools.partial(jax.jit, static_argnames=("dtype", "sequential"))
-def _targets(vgg, contents, styles, blend, spec, dtype, sequential):
+def _targets(vgg, contents, styles, blend, spec, dtype, sequential, valid=None):
     """styles: float32[Hs, Ws, 3] each (their batch axis is added here: eagerly, `[None]` was a
     program of its own per style shape)."""
     return losses.Targets(
-        content=_content_targets(vgg, contents, spec, dtype, sequential),
+        content=_content_targets(vgg, contents, spec, dtype, sequential, valid),
         style=losses.style_targets(vgg, [s[None] for s in styles], blend, spec,
                                    jnp.dtype(dtype)))
 
@@ -162,15 +169,16 @@ def _scale_spec(spec: losses.LossSpec, targets: losses.Targets, contents: Array,
     if relative:
         per_problem = optimize.problem_targets(targets, num_problems)
 
-        def one(row, content_t, style_t, image):
-            own = losses.Targets(content=content_t, style=style_t)  # each [1, ...]
+        def one(row, content_t, style_t, valid, image):
+            own = losses.Targets(content=content_t, style=style_t, valid=valid)  # each [1, ...]
             scaled = losses.relative_spec(row, own, image[None])
             return dataclasses.replace(scaled, content_weights=scaled.content_weights[0],
                                        style_weights=scaled.style_weights[0],
                                        tv_weight=scaled.tv_weight[0])
 
         spec = optimize.over_problems(one, sequential)(spec, per_problem.content,
-                                                       per_problem.style, contents)
+                                                       per_problem.style, per_problem.valid,
+                                                       contents)
     return spec, optimize.problem_targets(targets, num_problems)
 
 
@@ -210,7 +218,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
                   every: tuple[int, ...] = (),
                   to_host: Callable[[Array], np.ndarray] = np.asarray,
                   guidance: guidance_lib.Guidance | None = None,
-                  temporal: dict | None = None) -> Result:
+                  temporal: dict | None = None, bucket: bool = False) -> Result:
     """Stylizes P content images of one size with the same styles, each its own problem.
 
     Args:
@@ -230,6 +238,9 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
       temporal: a film's frame (`jaxstyle.video`): {"image": float32[P, H, W, 3], the previous
         stylized frame warped onto this one, "mask": float32[P, H, W, 1], "weight": float} adds
         `losses.temporal_loss` (resized to every scale); None: a still image.
+      bucket: run each scale on its shape bucket (`jaxstyle.buckets`): the image padded to a
+        compiled shape that photos of other aspect ratios share, the padding excluded from the
+        loss and cropped from the result. Not with guidance or a film's frame.
 
     Returns:
       `Result` at the last scale's size.
@@ -266,6 +277,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     first_scale = start.scale_index if start else 0
     min_side = vgg19.min_input_side(spec.layers)
     state = None
+    previous = None  # a padded scale's photo size
+    fill = buckets.fill_color(vgg.preprocessing)
     for index in range(first_scale, len(sizes)):
         h, w = sizes[index]
         if min(h, w) < min_side and cfg.scales is None and index < len(sizes) - 1:
@@ -275,6 +288,13 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
                 f"a {width}x{height} content image at {max(h, w)} px is {w}x{h}, too small for "
                 f"layer {spec.layers[-1]} (needs {min_side} px on the short side); raise the size")
         scaled = resize(contents, h, w)
+        bucketed = bucket and guidance is None and temporal is None
+        padded = buckets.bucket_shape(h, w) if bucketed else (h, w)
+        unpadded = scaled
+        valid = None
+        if bucketed:  # masks even where nothing is padded: one program for the whole bucket
+            scaled = buckets.pad(scaled, *padded, fill) if padded != (h, w) else scaled
+            valid = buckets.valid_masks((h, w), padded, spec.layers, num_problems)
         style_long = max(min_side, round(cfg.style_scale * max(h, w)))
         scaled_styles = [resize(s, *style_size(s.shape[0], s.shape[1], style_long, min_side))
                          for s in map(lambda s: jnp.asarray(s, jnp.float32), styles)]
@@ -282,7 +302,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         def blended_targets(blend: tuple[float, ...]) -> losses.Targets:
             if guidance is None:
                 return _targets(vgg, scaled, scaled_styles, np.asarray(blend, np.float32), spec,
-                                cfg.compute_dtype, sequential)
+                                cfg.compute_dtype, sequential, valid)
             return _guided_targets(
                 vgg, scaled, scaled_styles,
                 [None if m is None else guidance_lib.layer_masks(m, *st.shape[:2],
@@ -300,6 +320,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
             targets = dataclasses.replace(targets, style={
                 k: jnp.concatenate([by_blend[b].style[k] for b in blends])
                 for k in spec.style_layers})
+        if valid is not None:
+            targets = dataclasses.replace(targets, valid=valid)
         run_spec, problem_targets = _scale_spec(
             losses.LossSpec.stack([losses.LossSpec.from_config(c) for c in cfgs]), targets,
             scaled, cfg.loss_scale == "relative", sequential)
@@ -309,15 +331,20 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
                 k: v[:, None] for k, v in with_temporal.temporal.items()})
         targets = problem_targets
         if state is not None:
-            images = resize(optimize.result_images(state), h, w)
+            images = (resize(optimize.result_images(state), h, w) if previous is None else
+                      buckets.refit(optimize.result_images(state), previous, (h, w), padded,
+                                    fill))
         elif start is not None:
             images = resize(jnp.asarray(start.images, jnp.float32), h, w)
         else:
             firsts = scaled_styles
-            images = (initial_images(cfg, scaled, firsts, init_image)
+            images = (initial_images(cfg, unpadded, firsts, init_image)
                       if len({(c.init, c.seed) for c in cfgs}) == 1 else
-                      jnp.concatenate([initial_images(c, scaled[i:i + 1], firsts, init_image)
+                      jnp.concatenate([initial_images(c, unpadded[i:i + 1], firsts, init_image)
                                        for i, c in enumerate(cfgs)]))
+        if images.shape[1:3] != tuple(padded):
+            images = buckets.pad(images, *padded, fill)
+        previous = (h, w) if padded != (h, w) else None
         # A problem that diverged at a coarser scale stays frozen (its last finite image, resized).
         diverged = None if state is None else state.diverged
         # The coarser scale's L-BFGS history goes before this scale's is allocated: the peak
@@ -335,12 +362,14 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         report = None
         if on_progress is not None:
             report = lambda s, n, i=index: on_progress(  # noqa: E731
-                Progress(i, len(sizes), n, cfg.scale_iterations[i], s, to_host))
+                Progress(i, len(sizes), n, cfg.scale_iterations[i], s, to_host, previous))
         if not np.all(to_host(state.diverged)):
             state = optimize.run(state, cfg.scale_iterations[index], vgg, targets, run_spec, method,
                                  cfg.compute_dtype, every, report, start=done,
                                  step_scale=step_scale, sequential=sequential)
     images = to_host(optimize.result_images(state))
+    if previous is not None:  # the padding cropped: the photo's own size
+        images = images[:, :previous[0], :previous[1]]
     if cfg.original_colors:
         originals = to_host(resize(contents, *images.shape[1:3]))
         images = np.asarray(original_colors(images, originals))
