@@ -322,7 +322,7 @@ def run_guarded(args: argparse.Namespace, cfg: Config, stop: StopRequest) -> int
             raise KeyboardInterrupt
         result = stylize_lib.stylize_batch(vgg, content[None], styles, cfg, init_image=init_image,
                                            start=start, on_progress=on_progress, every=every,
-                                           guidance=guide)
+                                           guidance=guide, bucket=True)
     except KeyboardInterrupt:
         bar.close()
         if not last:
@@ -484,7 +484,7 @@ def run_many(args: argparse.Namespace, cfg: Config, stop: StopRequest) -> int:
                                      [styles[s] for s in style_list], cfg,
                                      batch_size=args.batch_size, on_progress=update,
                                      every=(args.print_iter,) if args.print_iter else (),
-                                     init_image=init_image)
+                                     init_image=init_image, bucket=True)
         offset += bar.total // len(pairs)
         if jax.process_index() == 0:  # every host holds every result; one writes
             for name, result in zip(names, results):
