@@ -73,7 +73,8 @@ def run(vgg, film, style, cfg, weight, independent):
 
 def run_segments(vgg, film, style, cfg, weight, plan, mesh, problems):
     """The film in ``plan``'s segments as one batch of ``problems`` (padded) per step, as
-    `jaxstyle video --segments` does; returns the cross-faded film and seconds per step."""
+    `jaxstyle video --segments` does; returns {"linear", "paced": the film cross-faded linearly
+    or by `video.fade`} and seconds per step."""
     dis = flow.DISFlow("medium")
     outs = [[] for _ in plan]
     times = []
@@ -93,9 +94,13 @@ def run_segments(vgg, film, style, cfg, weight, plan, mesh, problems):
         for row, k in enumerate(active):
             outs[k].append(video.quantize(result.images[row]))
         times.append(time.perf_counter() - start)
-    frames = np.stack([sum(w * outs[k][t - plan[k].first] for k, w in
-                           video.frame_sources(t, plan)) for t in range(len(film))])
-    return frames, times
+    frame = lambda k, t: outs[k][t - plan[k].first]  # noqa: E731
+    films = {}
+    for name, fades in (("linear", None), ("paced", video.segment_fades(plan, frame))):
+        films[name] = np.stack([sum(w * frame(k, t) for k, w in
+                                    video.frame_sources(t, plan, fades))
+                                for t in range(len(film))])
+    return films, times
 
 
 def segments_report(vgg, film, style, cfg, flows, masks, n, overlap) -> dict:
@@ -109,28 +114,31 @@ def segments_report(vgg, film, style, cfg, flows, masks, n, overlap) -> dict:
     run_segments(vgg, film[:2 * problems], style, cfg, None,
                  video.plan_segments(2 * problems, problems, 0), mesh, problems)
     one, _, times_one = run(vgg, film, style, cfg, None, False)
-    many, times_many = run_segments(vgg, film, style, cfg, None, plan, mesh, problems)
+    films, times_many = run_segments(vgg, film, style, cfg, None, plan, mesh, problems)
     work = sum(len(s) for s in plan)
     pairs_one = np.asarray(warp.pair_warping_errors(one, flows, masks))
-    pairs = np.asarray(warp.pair_warping_errors(many, flows, masks))
-    median = float(np.median(pairs))
-    # Pair t (frames t-1, t) is a seam pair when t lies in [first, first + overlap] of a segment
-    # after the first: where the cross-fade moves (or, without overlap, the cut).
-    seams = {s.first: [float(pairs[t - 1]) for t in range(s.first, s.first + s.overlap + 1)
-                       if 1 <= t < len(film)] for s in plan[1:]}
-    worst = max((max(v) for v in seams.values()), default=0.0)
     one_s, many_s = float(np.sum(times_one)), float(np.sum(times_many))
+    segmented = dict(seconds=many_s, seconds_per_frame_of_work=many_s / work,
+                     seconds_per_output_frame=many_s / len(film))
+    for name, many in films.items():
+        pairs = np.asarray(warp.pair_warping_errors(many, flows, masks))
+        median = float(np.median(pairs))
+        # Pair t (frames t-1, t) is a seam pair when t lies in [first, first + overlap] of a
+        # segment after the first: where the cross-fade moves (or, without overlap, the cut).
+        seams = {s.first: [float(pairs[t - 1]) for t in range(s.first, s.first + s.overlap + 1)
+                           if 1 <= t < len(film)] for s in plan[1:]}
+        worst = max((max(v) for v in seams.values()), default=0.0)
+        segmented[name] = dict(
+            warping_error=float(np.mean(pairs)), median_pair=median, seam_pairs=seams,
+            worst_seam_over_median=worst / median,
+            worst_seam_over_one_segment_median=worst / float(np.median(pairs_one)))
     return dict(
         devices=devices, segments=[[s.first, s.stop] for s in plan], overlap=overlap,
         frames_of_work=work,
         one_segment=dict(seconds=one_s, seconds_per_frame=one_s / len(film),
                          warping_error=float(np.mean(pairs_one)),
                          median_pair=float(np.median(pairs_one))),
-        segmented=dict(seconds=many_s, seconds_per_frame_of_work=many_s / work,
-                       seconds_per_output_frame=many_s / len(film),
-                       warping_error=float(np.mean(pairs)), median_pair=median,
-                       seam_pairs=seams, worst_seam_over_median=worst / median,
-                       worst_seam_over_one_segment_median=worst / float(np.median(pairs_one))),
+        segmented=segmented,
         time_per_frame_of_work_ratio=(many_s / work) / (one_s / len(film)),
         time_per_output_frame_ratio=(many_s / len(film)) / (one_s / len(film)))
 

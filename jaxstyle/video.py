@@ -161,20 +161,45 @@ def plan_segments(num_frames: int, num_segments: int, overlap: int) -> list[Segm
     raise AssertionError("one segment always fits")  # pragma: no cover
 
 
-def frame_sources(index: int, segments: Sequence[Segment]) -> list[tuple[int, float]]:
+def fade(differences: Sequence[float]) -> list[float]:
+    """The weights α_j of the later segment at the V overlap frames, from the differences d_j
+    (e.g. RMS over pixels) between the two segments' frames there.
+
+    The fade adds (α_j − α_{j−1})·(B_j − A_j) to the change between frames j−1 and j, so the
+    worst pair is smallest when the steps are ∝ 1/d_j: large steps where the segments already
+    agree, small ones where they differ. V + 1 steps (α = 0 before, 1 after; the last uses
+    d_{V−1}); equal differences give the linear fade (j + 1)/(V + 1)."""
+    d = np.maximum(np.asarray(differences, np.float64), 1e-12)
+    inverse = 1.0 / np.concatenate([d, d[-1:]])
+    return [float(a) for a in np.cumsum(inverse / inverse.sum())[:-1]]
+
+
+def frame_sources(index: int, segments: Sequence[Segment],
+                  fades: dict[int, Sequence[float]] | None = None) -> list[tuple[int, float]]:
     """Which segments' frames make output frame ``index``, and their weights (summing to 1):
     one segment outside the overlaps; inside segment k's overlap of V frames, its j-th frame
-    weighs (j + 1) / (V + 1) and the previous segment's the rest (a linear cross-fade, so the
-    difference between the two segments' styles is spread over V + 1 frame pairs)."""
+    weighs ``fades[k][j]`` (`fade`; without it (j + 1) / (V + 1), a linear cross-fade) and the
+    previous segment's the rest, so the difference between the two segments' styles is spread
+    over V + 1 frame pairs."""
     for k in range(len(segments) - 1, -1, -1):
         s = segments[k]
         if s.first <= index < s.stop:
             j = index - s.first
             if k and j < s.overlap:
-                alpha = (j + 1) / (s.overlap + 1)
+                alpha = fades[k][j] if fades and k in fades else (j + 1) / (s.overlap + 1)
                 return [(k - 1, 1.0 - alpha), (k, alpha)]
             return [(k, 1.0)]
     raise IndexError(f"frame {index} is in no segment")
+
+
+def segment_fades(segments: Sequence[Segment], frame: Callable[[int, int], np.ndarray],
+                  upto: int | None = None) -> dict[int, list[float]]:
+    """`fade` of every overlap (that ends before frame ``upto``), from ``frame(k, index)``:
+    segment k's stylized frame ``index``."""
+    return {k: fade([float(np.sqrt(np.mean((frame(k, s.first + j) - frame(k - 1, s.first + j))
+                                            ** 2))) for j in range(s.overlap)])
+            for k, s in enumerate(segments)
+            if k and s.overlap and (upto is None or s.first + s.overlap <= upto)}
 
 
 def segment_mesh(num_problems: int):

@@ -387,3 +387,16 @@ def test_reading_and_writing_a_long_film_holds_a_bounded_number_of_frames(tmp_pa
         tracemalloc.stop()
     assert count == 300 and streams(tmp_path / "copy.mp4")["frames"] == 300
     assert peak < 20 * frame_bytes, (peak / frame_bytes, "frames")  # the film is 300
+
+
+def test_fade_steps_are_inverse_to_the_difference_and_linear_when_it_is_even():
+    from jaxstyle import video
+
+    assert np.allclose(video.fade([0.3] * 4), [0.2, 0.4, 0.6, 0.8])
+    d = np.array([4.0, 2.0, 1.0, 1.0])
+    alphas = np.array(video.fade(d))
+    steps = np.diff(np.concatenate([[0.0], alphas, [1.0]]))
+    # Each pair's jump step_j * d_j is the same (the last pair uses the last difference).
+    jumps = steps * np.concatenate([d, d[-1:]])
+    assert np.allclose(jumps, jumps[0]) and np.all(np.diff(alphas) > 0)
+    assert jumps[0] < 4.0 / 5  # below the linear fade's worst pair, 1/(V+1) of the largest d

@@ -345,11 +345,16 @@ def _run_segments(args, source, output, folder, info, vgg, dis, styles, cfg, gui
         shutil.rmtree(folder, ignore_errors=True)
         raise JaxstyleError(f"'{source}' holds no frames FFmpeg can decode" +
                             (f" ({broken})" if broken else ""))
+    def load(k: int, index: int) -> np.ndarray:
+        return image_io.load_image(_segment_path(folder, k, index), role="frame")
+
+    # Fades paced by how much the segments differ along each overlap (`video.fade`).
+    fades = video.segment_fades(plan, load, upto=good)
     with video_io.FilmWriter(output, height, width, info.frame_rate,
                              audio_from=None if source.is_dir() else source) as writer:
         for index in range(good):
-            writer.write(sum(w * image_io.load_image(_segment_path(folder, k, index), role="frame")
-                             for k, w in video.frame_sources(index, plan)))
+            writer.write(sum(w * load(k, index) for k, w in
+                             video.frame_sources(index, plan, fades)))
     if broken is not None:
         print(f"jaxstyle: error: {broken}; the {good} good frames before it are in {output} "
               f"(stylized frames of later segments are kept in {folder})", file=sys.stderr)
