@@ -100,6 +100,12 @@ class VGG:
     pooling: str = dataclasses.field(default="max", metadata=dict(static=True))
     prepared: dict | None = None
     source: str = dataclasses.field(default="", metadata=dict(static=True))
+    # Rematerialize each block (conv…pool) in the backward pass instead of keeping its
+    # activations: see `features`' ``remat``.
+    remat: bool = dataclasses.field(default=False, metadata=dict(static=True))
+
+    def with_remat(self, remat: bool = True) -> "VGG":
+        return dataclasses.replace(self, remat=bool(remat))
 
     def with_pooling(self, pooling: str) -> "VGG":
         if pooling not in POOLINGS:
@@ -183,8 +189,8 @@ def check_layers(layers: Iterable[str], vgg: VGG | None = None) -> tuple[str, ..
     return ordered
 
 
-def features(vgg: VGG, images: Array, layers: Iterable[str], dtype: jnp.dtype = jnp.float32
-             ) -> dict[str, Array]:
+def features(vgg: VGG, images: Array, layers: Iterable[str], dtype: jnp.dtype = jnp.float32,
+             remat: bool | None = None) -> dict[str, Array]:
     """Activations of ``images`` at ``layers``.
 
     Args:
@@ -192,18 +198,76 @@ def features(vgg: VGG, images: Array, layers: Iterable[str], dtype: jnp.dtype = 
       images: float32[B, H, W, 3] RGB in [0, 1], H, W >= 16.
       layers: names from `LAYER_NAMES`, e.g. ``("relu4_2", "relu1_1")``.
       dtype: compute dtype of the convolutions (float32, or bfloat16 for speed on hardware with it).
+      remat: wrap each block (the layers up to and including a pooling) in ``jax.checkpoint``,
+        keeping only the block's input and the requested activations for the backward pass and
+        recomputing the rest there (one more forward per step). None: ``vgg.remat``. Same values
+        as without (the same operations, recomputed). Off by default: on the CPU backend XLA's
+        temporaries grew with it (2455 -> 2704 B per pixel at 512 px, Adam; docs/performance.md),
+        since the first block, which remat cannot shrink, holds the peak.
 
     Returns:
       ``{name: float[B, h, w, C]}`` in ``dtype``. Pure: safe under ``jit``, ``grad`` (w.r.t. images
       or weights) and ``vmap``.
     """
     layers = check_layers(layers, vgg)
+    if vgg.remat if remat is None else remat:
+        return _blockwise(vgg, vgg.preprocessing.apply(images), layers, jnp.dtype(dtype))
     variables = {"params": vgg.params}
     if vgg.prepared is not None:
         variables["prepared"] = {name: {k: v for k, v in p._asdict().items() if v is not None}
                                  for name, p in vgg.prepared.items()}
     module = VGG19(outputs=layers, pooling=vgg.pooling, dtype=dtype)
     return module.apply(variables, vgg.preprocessing.apply(images))
+
+
+def _blocks(last: str) -> list[tuple[str, ...]]:
+    """The layers up to ``last`` cut after each pooling: VGG's blocks."""
+    blocks, block = [], []
+    for name in LAYER_NAMES[: LAYER_NAMES.index(last) + 1]:
+        block.append(name)
+        if name.startswith("pool"):
+            blocks.append(tuple(block))
+            block = []
+    return blocks + ([tuple(block)] if block else [])
+
+
+def _run_block(x: Array, params: dict, prepared: dict, names: tuple[str, ...],
+               wanted: tuple[str, ...], pooling: str, dtype) -> tuple[Array, dict]:
+    """The layers ``names`` on x (the same operations as `VGG19`): (output, {wanted: activation})."""
+    out = {}
+    for name in names:
+        if name.startswith("conv"):
+            kernel, bias = params[name]["kernel"], params[name]["bias"]
+            p = prepared.get(name)
+            if dtype != jnp.float32:
+                kernel, bias = kernel.astype(dtype), bias.astype(dtype)
+                p = jax.tree.map(lambda a: a.astype(dtype), p)
+            x = conv3x3(x.astype(dtype), kernel, bias, p)
+        elif name.startswith("relu"):
+            x = nn.relu(x)
+        else:
+            x = pool2x2(x, pooling)
+        if name in wanted:
+            out[name] = x
+    return x, out
+
+
+def _blockwise(vgg: VGG, x: Array, layers: tuple[str, ...], dtype) -> dict[str, Array]:
+    """`features` with each block rematerialized: ``jax.checkpoint`` (nothing saveable inside)
+    around each block, so the backward pass keeps only the blocks' inputs and the requested
+    activations, and recomputes one block's forward at a time."""
+    result = {}
+    prepared = vgg.prepared or {}
+    for names in _blocks(layers[-1]):
+        wanted = tuple(n for n in names if n in layers)
+        block = functools.partial(_run_block, names=names, wanted=wanted, pooling=vgg.pooling,
+                                  dtype=dtype)
+        block = jax.checkpoint(block, policy=jax.checkpoint_policies.nothing_saveable)
+        convs = [n for n in names if n.startswith("conv")]
+        x, out = block(x, {n: vgg.params[n] for n in convs},
+                       {n: prepared[n] for n in convs if n in prepared})
+        result.update(out)
+    return result
 
 
 def truncate(vgg: VGG, layers: Iterable[str]) -> VGG:
