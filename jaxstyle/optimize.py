@@ -344,12 +344,15 @@ def over_problems(fn: Callable, sequential: bool) -> Callable:
     return mapped
 
 
-def sequential_problems(images: Array) -> bool:
+def sequential_problems(images: Array, exact: bool = False) -> bool:
     """Whether problems laid out like ``images`` float32[P, ...] run one after another
-    (`over_problems`): on a CPU, unless they are split over several devices."""
+    (`over_problems`): on a CPU, or anywhere with ``exact`` (`Config.exact_batch`), unless they
+    are split over several devices. On an H200 vmapped problems ran 1.5-5x faster than in turn
+    (P=2 at 512 px: 4.95 vs 7.34 ms a step; P=8 at 128 px: 2.2 vs 11.0) but a batch moved a
+    48 px image by up to 42 levels from its run alone in 8 steps, one after another by none."""
     sharding = getattr(images, "sharding", None)
     spread = isinstance(sharding, NamedSharding) and sharding.mesh.size > 1
-    return jax.default_backend() == "cpu" and not spread
+    return (exact or jax.default_backend() == "cpu") and not spread
 
 
 @functools.partial(jax.jit, static_argnames=("method", "dtype", "sequential"),

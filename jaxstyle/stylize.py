@@ -208,7 +208,7 @@ def problem_spec(cfgs: Sequence[Config], targets: losses.Targets, contents: Arra
     spec = losses.LossSpec.stack([losses.LossSpec.from_config(c) for c in cfgs])
     # Relative: not sweepable, the same for every problem.
     return _scale_spec(spec, targets, contents, cfgs[0].loss_scale == "relative",
-                       optimize.sequential_problems(contents))[0]
+                       optimize.sequential_problems(contents, cfgs[0].exact_batch))[0]
 
 
 def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
@@ -261,7 +261,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     method = dataclasses.replace(optimize.Method.from_config(cfg), learning_rate=1.0)
     step_scale = np.asarray([c.step_size for c in cfgs], np.float32)
     sizes = scale_sizes(cfg, height, width)
-    sequential = optimize.sequential_problems(contents)
+    sequential = optimize.sequential_problems(contents, cfg.exact_batch)
     if cfg.color_match:
         if num_problems != 1:
             raise ConfigError("colour matching recolours the styles to one content image; run "

@@ -18,8 +18,8 @@ import sys
 from typing import Sequence
 
 from jaxstyle.cli import apply, convert, stylize, train, video
-from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, OneLineParser, is_out_of_memory,
-                                 out_of_memory_error, warnings_as_lines)
+from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, OneLineParser, in_flag_words,
+                                 is_out_of_memory, out_of_memory_error, warnings_as_lines)
 from jaxstyle.errors import JaxstyleError
 
 __all__ = ["main", "build_parser", "EXIT_ERROR", "EXIT_INTERRUPTED"]
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings_as_lines():
             return args.run(args)
     except JaxstyleError as e:
-        print(f"jaxstyle: error: {e}", file=sys.stderr)
+        print(f"jaxstyle: error: {in_flag_words(str(e))}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as e:
         if not is_out_of_memory(e):

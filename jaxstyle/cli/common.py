@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -29,9 +30,18 @@ OUT_OF_MEMORY_HINT = ("lower --image-size or --batch-size, or use --lbfgs-memory
 # Messages.
 
 
+def in_flag_words(message: str) -> str:
+    """A library message in the command line's words: each setting it names as
+    ``Config.<field>`` (or ``Config.<field>=value``) becomes the flag, ``--<field-with-dashes>``
+    (``--field value``). The core speaks of its configuration's fields; the CLI of its flags."""
+    return re.sub(r"Config\.(\w+)(=?)",
+                  lambda m: "--" + m.group(1).replace("_", "-") + (" " if m.group(2) else ""),
+                  message)
+
+
 def warn(message: str) -> None:
     """One line ``jaxstyle: warning: ...`` on stderr."""
-    print(f"jaxstyle: warning: {message}", file=sys.stderr)
+    print(f"jaxstyle: warning: {in_flag_words(message)}", file=sys.stderr)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -95,6 +95,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "image's large-scale structure converges as fast as its detail; 1 is "
                         f"plain L-BFGS (default {PRESETS['fast']['lbfgs_pyramid']}; "
                         f"neural-style: {d.lbfgs_pyramid})")
+    g.add_argument("--max-memory", type=max_memory_size, metavar="SIZE",
+                   help="plan for at most this much memory (e.g. 24GB, 512MiB): emulates a "
+                        "smaller card; the run says its plan in one line or is refused with the "
+                        "largest size that fits")
     g.add_argument("--lbfgs-history-dtype", choices=HISTORY_DTYPES,
                    help="the dtype L-BFGS stores its curvature pairs in; bfloat16 halves the "
                         "history, the largest part of a run's memory (default: float32)")
@@ -159,6 +163,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="most images per compiled run, sharded over all devices (caps memory)")
     g.add_argument("--all-pairs", action="store_true",
                    help="stylize every content with every style separately (no blending)")
+    g.add_argument("--exact-batch", action="store_true", default=None,
+                   help="on a GPU or TPU, run a batch's images (or a sweep's cells) one after "
+                        "another so each equals its run alone to the bit, as on a CPU always; "
+                        "vmapped (the default there) is 1.5-5x faster but rounds differently")
     g = p.add_argument_group("see and compare")
     g.add_argument("--sweep", action="append", type=sweep_axis, metavar="NAME=V1,V2",
                    help="run every combination of these settings (repeatable: the Cartesian "
@@ -211,7 +219,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         original_colors=args.original_colors, pooling=args.pooling,
         compute_dtype=args.compute_dtype, stop_tolerance=args.stop_tolerance,
         stop_window=args.stop_window, average=args.average, keep_best=args.keep_best,
-        style_loss=args.style_loss, loss_scale=loss_scale, color_match=args.color_match)
+        style_loss=args.style_loss, loss_scale=loss_scale, color_match=args.color_match,
+        exact_batch=getattr(args, "exact_batch", None))
 
 
 def _snapshot_path(output: Path, iteration: int) -> Path:
@@ -265,7 +274,8 @@ def run_guarded(args: argparse.Namespace, cfg: Config, stop: StopRequest) -> int
     # Before loading: a huge --image-size must not get the process killed.
     dims = image_io.image_dimensions(contents[0] if contents else Path(args.content_map))
     if dims is not None:
-        check_memory(cfg, *fit_long_side(*dims, long_side), num_styles=len(args.style))
+        check_memory(cfg, *fit_long_side(*dims, long_side), num_styles=len(args.style),
+                     max_memory=args.max_memory)
     style_long = max(16, round(cfg.style_scale * long_side))
     if contents:
         content = image_io.load_image(contents[0], long_side, role="content image")
@@ -383,10 +393,22 @@ def run_watched(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def check_memory(cfg: Config, height: int, width: int, problems: int = 1,
-                 num_styles: int = 1) -> None:
-    """A one-line error before any work when the run cannot fit this host's (or device's) memory."""
+                 num_styles: int = 1, max_memory: int | None = None) -> None:
+    """A one-line error before any work when the run cannot fit this host's (or device's) memory
+    (capped at ``max_memory`` bytes: ``--max-memory``, which also prints the plan's one line)."""
     available, where = available_memory()
-    memory.check_fits(cfg, height, width, available, where, problems, num_styles)
+    chosen = memory.plan(cfg, height, width, available, where, problems=problems,
+                         num_styles=num_styles, max_memory=max_memory, modes=("one",))
+    if max_memory is not None:
+        print(f"jaxstyle: {chosen.line(width, height, where)}", file=sys.stderr)
+
+
+def max_memory_size(text: str) -> int:
+    """``--max-memory``'s value in bytes (`memory.parse_size`), for argparse."""
+    try:
+        return memory.parse_size(text)
+    except JaxstyleError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--max-memory: ")) from None
 
 
 def stop_reason(result: stylize_lib.Result, cfg: Config, i: int = 0) -> str:
@@ -441,7 +463,7 @@ def run_many(args: argparse.Namespace, cfg: Config, stop: StopRequest) -> int:
     long_side = max(cfg.all_scales)
     # Before loading: the worst case, a square image, in full batches.
     check_memory(cfg, long_side, long_side, min(args.batch_size, len(contents)),
-                 1 if args.all_pairs else len(args.style))
+                 1 if args.all_pairs else len(args.style), max_memory=args.max_memory)
     style_long = max(16, round(cfg.style_scale * long_side))
     styles = {p: image_io.load_image(p, style_long, role="style image") for p in style_paths}
     init_image = (image_io.load_image(cfg.init_image, long_side, role="init image")
