@@ -32,6 +32,15 @@ os.environ["JAXSTYLE_COMPILE_CACHE"] = "0"
 
 
 @pytest.fixture(scope="session")
+def vgg():
+    """A random caffe-convention VGG-19 up to relu2_1: the network of most small-image tests
+    (a module that needs deeper layers overrides this fixture with `helpers.random_vgg`)."""
+    from helpers import random_vgg
+
+    return random_vgg("relu2_1")
+
+
+@pytest.fixture(scope="session")
 def weights_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("weights")
 

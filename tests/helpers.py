@@ -1,11 +1,20 @@
-"""Small helpers the test files share."""
+"""Small helpers the test files share: the CLI in-process, random images and networks, and a
+script run on simulated devices."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from typing import Sequence
+
+import jax
 import numpy as np
 from PIL import Image
 
-from jaxstyle import cli
+from jaxstyle import cli, vgg19
+from jaxstyle.sources import CAFFE, TORCHVISION  # noqa: F401  (the two input conventions)
 
 
 def run_cli(capsys, *argv):
@@ -23,3 +32,26 @@ def write_random_image(path, shape, seed):
     rng = np.random.default_rng(seed)
     Image.fromarray((rng.random(tuple(shape) + (3,)) * 255).astype(np.uint8)).save(path)
     return path
+
+
+def random_vgg(last_layer: str = "relu2_1", preprocessing: vgg19.Preprocessing = CAFFE
+               ) -> vgg19.VGG:
+    """A VGG-19 with random weights up to ``last_layer`` (the shallower, the faster a test)."""
+    return vgg19.init(jax.random.key(0), preprocessing, last_layer=last_layer)
+
+
+def random_images(seed: int, shapes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """Uniformly random float32[h, w, 3] images in [0, 1], one per (h, w) of ``shapes``."""
+    rng = np.random.default_rng(seed)
+    return [rng.random(tuple(shape) + (3,), dtype=np.float32) for shape in shapes]
+
+
+def run_on_devices(script: str, devices: int, timeout: float = 600) -> dict:
+    """Runs the Python ``script`` in a fresh process with ``devices`` simulated CPU devices; the
+    JSON object its last line of output prints."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

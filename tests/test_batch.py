@@ -1,30 +1,20 @@
 """Batched, bucketed, sharded stylization: each image equals the same image stylized alone."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
-import jax
 import numpy as np
 import pytest
 
-from jaxstyle import batch, image_io, optimize, stylize, vgg19
+from jaxstyle import batch, image_io, optimize, stylize
 from jaxstyle.cli import stylize as cli_stylize
 from jaxstyle.config import Config
+from helpers import random_images, random_vgg, run_on_devices
 
-CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
 
 
 @pytest.fixture(scope="module")
 def vgg():
-    return vgg19.init(jax.random.key(0), CAFFE, last_layer="relu5_1")
-
-
-def _images(seed, shapes):
-    rng = np.random.default_rng(seed)
-    return [rng.random(shape + (3,), dtype=np.float32) for shape in shapes]
+    return random_vgg("relu5_1")  # deeper than the shared fixture's relu2_1
 
 
 def test_bucket_by_shape_keeps_first_seen_order():
@@ -60,14 +50,15 @@ def test_output_path_names_after_inputs(tmp_path):
 def test_one_program_per_shape_across_chunks(vgg, init):
     # Many compiled chunks of one shape (progress every 2 iterations) reuse one `run_steps`
     # program: the starting state must be laid out on the mesh as `run_steps` returns it.
-    contents = _images(7, [(20, 20), (20, 20)])
+    contents = random_images(7, [(20, 20), (20, 20)])
     cfg = Config(image_size=20, num_iterations=6, init=init, seed=int(init == "noise") + 11,
                  style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_1",))
     before = optimize.run_steps._cache_size()
-    batch.stylize_many(vgg, contents, _images(8, [(20, 20)]), cfg, batch_size=2, every=(2,))
+    batch.stylize_many(vgg, contents, random_images(8, [(20, 20)]), cfg, batch_size=2, every=(2,))
     assert optimize.run_steps._cache_size() - before <= 1
 
 
+@pytest.mark.slow
 def test_batched_run_equals_each_image_alone(vgg):
     # Two shapes (two buckets); the first bucket (3 images, cap 2) splits into a full batch and a
     # padded one; noise init. Every image must come out as it does alone, whatever its position.
@@ -76,8 +67,8 @@ def test_batched_run_equals_each_image_alone(vgg):
     # room for a backend that rounds a batch differently (a one-ulp change of the inputs moves
     # these 4 steps' images by ~5e-6: see the sharded test).
     cfg = Config(image_size=32, num_iterations=4, init="noise", seed=3, optimizer="adam")
-    contents = _images(1, [(24, 32), (32, 24), (24, 32), (24, 32)])
-    style = _images(2, [(28, 28)])[0]
+    contents = random_images(1, [(24, 32), (32, 24), (24, 32), (24, 32)])
+    style = random_images(2, [(28, 28)])[0]
     compiled_before = optimize.run_steps._cache_size()
     results = batch.stylize_many(vgg, contents, [style], cfg, batch_size=2)
     compiles = optimize.run_steps._cache_size() - compiled_before
@@ -92,10 +83,10 @@ def test_batched_run_equals_each_image_alone(vgg):
 def test_one_divergent_image_does_not_affect_the_others(vgg):
     # A NaN content image makes its own loss NaN; its neighbour in the batch is unaffected.
     cfg = Config(image_size=24, num_iterations=4, optimizer="lbfgs")
-    good, bad = _images(4, [(24, 24), (24, 24)])
+    good, bad = random_images(4, [(24, 24), (24, 24)])
     bad = bad.copy()
     bad[0, 0, 0] = np.nan
-    style = _images(5, [(24, 24)])[0]
+    style = random_images(5, [(24, 24)])[0]
     results = batch.stylize_many(vgg, [good, bad], [style], cfg, batch_size=2)
     alone = stylize.stylize_batch(vgg, good[None], [style], cfg)
     np.testing.assert_allclose(results[0].images, alone.images, atol=2e-4)
@@ -127,12 +118,9 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_over_simulated_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    record = json.loads(out.stdout.strip().splitlines()[-1])
+    record = run_on_devices(SHARDED, devices=2)
     assert record["devices"] == 2 and record["mesh"] == 2
     # The noise-initialized images are split over the devices from the first chunk on (they
     # once started on one device), and all chunks of one shape share one compiled program.

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from helpers import run_cli as run
+from helpers import write_random_image
 from jaxstyle import cli, download
 from jaxstyle import stylize as stylize_lib
 
@@ -19,9 +20,7 @@ FAST = ["--image-size", "32", "--num-iterations", "4", "--quiet"]
 
 
 def _write_image(path, shape=(24, 32), seed=0):
-    rng = np.random.default_rng(seed)
-    Image.fromarray((rng.random(shape + (3,)) * 255).astype(np.uint8)).save(path)
-    return path
+    return write_random_image(path, shape, seed)
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +179,7 @@ def test_nan_loss_stops_keeps_last_finite_image_and_names_the_weight(capsys, ima
         assert np.isfinite(np.asarray(im, np.float32)).all()
 
 
+@pytest.mark.slow
 def test_batch_of_files_skips_bad_ones(capsys, images, keras_safetensors, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -318,6 +318,7 @@ def _cli_in_subprocess(*argv):
     return int(words[words.index("hits") + 1]), int(words[words.index("misses") + 1])
 
 
+@pytest.mark.slow
 def test_second_run_loads_its_programs_from_the_compilation_cache(images, keras_safetensors,
                                                                    tmp_path):
     cache = tmp_path / "cache"

@@ -227,6 +227,7 @@ def _run_with_ctrl_c(argv, presses: int) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_first_compile_exits_130(tmp_path, images, keras_safetensors):
     # Two tries: Python torn down under a compile still running crashed in two of three.
     for attempt in range(2):

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 import reference as ref
-from jaxstyle import guidance, imageops, losses, stylize, vgg19
+from jaxstyle import guidance, imageops, losses, stylize
 from jaxstyle.config import Config
 from jaxstyle.errors import JaxstyleError, JaxstyleWarning
 from helpers import run_cli
+from helpers import CAFFE
 
-CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
 LAYERS = ("relu1_1", "relu2_1")
 H, W = 32, 48
 
@@ -25,11 +25,6 @@ H, W = 32, 48
 def rel(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
-@pytest.fixture(scope="module")
-def vgg() -> vgg19.VGG:
-    return vgg19.init(jax.random.key(0), CAFFE, last_layer="relu2_1")
 
 
 def two_regions(h: int, w: int) -> np.ndarray:
@@ -55,6 +50,7 @@ def torch_guided_gram(f: torch.Tensor, g: torch.Tensor, normalize: bool) -> torc
     return torch.stack(out)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("normalization", ["neural-style", "gatys"])
 def test_guided_loss_and_gradient_match_torch_reference(vgg, normalization):
     rng = np.random.default_rng(0)
@@ -285,6 +281,7 @@ def files(tmp_path_factory):
             "grey_map": _save(d / "grey.png", np.full((30, 30, 3), 0.5))}
 
 
+@pytest.mark.slow
 def test_cli_masks_maps_doodle_and_color_match_write_outputs(capsys, files, keras_safetensors,
                                                              tmp_path):
     f = files

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import write_random_image
 from jaxstyle.live import LiveServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,10 +44,7 @@ def require_browser(programs=(CHROMIUM, CHROMEDRIVER)) -> None:
     pytest.skip(reason)
 
 
-def _image(path, shape, seed):
-    rng = np.random.default_rng(seed)
-    Image.fromarray((rng.random(shape + (3,)) * 255).astype(np.uint8)).save(path)
-    return path
+_image = write_random_image
 
 
 def _free_port() -> int:

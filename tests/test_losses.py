@@ -13,9 +13,8 @@ import pytest
 import reference as ref
 from jaxstyle import losses, vgg19
 from jaxstyle.config import Config
+from helpers import CAFFE, TORCHVISION
 
-CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
-TORCHVISION = vgg19.Preprocessing(False, 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 H, W = 32, 40
 SHALLOW = Config(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
 
@@ -88,6 +87,7 @@ CASES = {
 }
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("case", list(CASES))
 def test_loss_and_gradient_match_torch_reference(case, random_vgg, images):
     preprocessing, batch, cfg, style_names = CASES[case]
@@ -119,6 +119,7 @@ def test_loss_and_gradient_match_torch_reference(case, random_vgg, images):
     assert rel(grad, ref_grad) < 1e-4
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("preprocessing", [CAFFE, TORCHVISION], ids=["caffe", "torchvision"])
 def test_features_match_torch_reference(preprocessing, random_vgg, images):
     vgg = dataclasses.replace(random_vgg, preprocessing=preprocessing)
@@ -178,6 +179,7 @@ def test_gram_vjp_bfloat16_input_gives_bfloat16_gradient():
 # Structure: independence, jit/vmap, no retracing.
 
 
+@pytest.mark.torch
 def test_building_blocks_match_formulas():
     """content/style/TV terms against the torch reference on plain arrays (no network)."""
     import torch
@@ -284,6 +286,7 @@ def test_weight_changes_do_not_retrace(shallow_problem, images):
 # The temporal term of a film's frame (Ruder et al. 2016), against NumPy and torch autograd.
 
 
+@pytest.mark.torch
 def test_temporal_loss_value_and_gradient_match_numpy_and_torch():
     import torch
 

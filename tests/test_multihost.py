@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from jaxstyle import stylize, vgg19
 from jaxstyle.config import Config
@@ -114,6 +115,7 @@ def _records(tmp_path: Path, worker: str = WORKER) -> tuple[list[dict], str]:
             for _, out, _ in runs], report
 
 
+@pytest.mark.slow
 def test_two_processes_equal_each_image_alone(tmp_path):
     records, report = _records(tmp_path)
 
@@ -193,6 +195,7 @@ def train_steps():
     return params, batch, first
 
 
+@pytest.mark.slow
 def test_training_over_two_processes_equals_one_process(tmp_path):
     records, report = _records(tmp_path, TRAIN_WORKER)
     for r in records:

@@ -14,8 +14,8 @@ import pytest
 
 from jaxstyle import losses, optimize, vgg19
 from jaxstyle.config import Config
+from helpers import CAFFE
 
-CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
 N = 20  # size of the small quadratic problems
 
 

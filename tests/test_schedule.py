@@ -15,8 +15,8 @@ from jaxstyle import cli, losses, optimize, stylize, vgg19
 from jaxstyle.cli.stylize import add_parser, config_from_args
 from jaxstyle.config import RELATIVE_WEIGHTS, Config
 from jaxstyle.cli.common import OneLineParser
+from helpers import CAFFE
 
-CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
 CFG = Config(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
 WINDOW = 4
 CAP = 24

@@ -43,6 +43,7 @@ def test_keras1_dataset_names_follow_weight_names(tmp_path, keras_layers):
     assert_layers_equal(path, keras_layers)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("fixture", ["torchvision_pth", "torchvision_pth_legacy"])
 def test_pth_kernels_are_transposed_to_hwio(request, fixture):
     path = request.getfixturevalue(fixture)
@@ -54,6 +55,7 @@ def test_pth_kernels_are_transposed_to_hwio(request, fixture):
         np.testing.assert_array_equal(bias, state[f"features.{index}.bias"].numpy())
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 def test_pth_views_strides_and_dtypes(tmp_path, torch_layers, legacy):
     """Tensors sharing a storage at an offset, non-contiguous strides, half/bfloat16/double storage:
@@ -83,6 +85,7 @@ def test_pth_views_strides_and_dtypes(tmp_path, torch_layers, legacy):
 # Detection.
 
 
+@pytest.mark.torch
 def test_format_detected_from_content_not_name(tmp_path, keras_h5, torchvision_pth,
                                                torchvision_pth_legacy, keras_safetensors):
     disguised = tmp_path / "weights.bin"
@@ -98,6 +101,7 @@ def test_h5_is_keras_without_source(keras_h5):
     assert (src.format, src.source, src.preprocessing) == (sources.H5, "keras", sources.KERAS)
 
 
+@pytest.mark.torch
 def test_known_checksum_decides_convention(monkeypatch, torchvision_pth):
     sha = sources.sha256sum(torchvision_pth)
     monkeypatch.setitem(sources.KNOWN_SHA256_PREFIXES, sha[:8], "caffe")
@@ -108,11 +112,13 @@ def test_known_checksum_decides_convention(monkeypatch, torchvision_pth):
         sources.identify(torchvision_pth, "torchvision")
 
 
+@pytest.mark.torch
 def test_real_file_names_carry_their_checksum_prefix():
     # torchvision's naming rule: <name>-<first 8 hex digits of sha256>.pth.
     assert sources.KNOWN_SHA256_PREFIXES == {"dcbb9e9d": "torchvision", "d01eb7cb": "caffe"}
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("legacy", [False, True])
 def test_unknown_pth_needs_source(request, legacy):
     path = request.getfixturevalue("torchvision_pth_legacy" if legacy else "torchvision_pth")
@@ -188,6 +194,7 @@ def _payloads(marker: Path) -> dict[str, tuple[bytes, str]]:
     }
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("layout", ["zip", "legacy"])
 @pytest.mark.parametrize("payload", ["os.system protocol 0", "builtins.exec",
                                      "__reduce__ in a state dict", "eval inside a rebuilt tensor"])
@@ -205,6 +212,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, monkeypatch, layou
     assert not marker.exists()
 
 
+@pytest.mark.torch
 def test_unexpected_persistent_id_is_refused(tmp_path):
     class Pid(pickle.Pickler):
         def persistent_id(self, obj):
@@ -221,6 +229,7 @@ def test_unexpected_persistent_id_is_refused(tmp_path):
 # Bad files: one-line errors.
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("kind", list(sw.BAD_FILE_KINDS))
 def test_bad_file_errors(tmp_path, kind, keras_h5, torchvision_pth, torchvision_pth_legacy):
     path = sw.write_bad_file(kind, tmp_path, keras_h5, torchvision_pth, torchvision_pth_legacy)
@@ -232,6 +241,7 @@ def test_bad_file_errors(tmp_path, kind, keras_h5, torchvision_pth, torchvision_
         assert words in message
 
 
+@pytest.mark.torch
 def test_pickle_cannot_alter_the_stand_ins(tmp_path, torchvision_pth, torch_layers):
     """BUILD writes attributes into objects; each file must get its own stand-ins, so a crafted
     file cannot break later loads in the same process."""

@@ -14,8 +14,8 @@ import pytest
 from jaxstyle import image_io, stylize, vgg19
 from jaxstyle.config import Config
 from jaxstyle.errors import ConfigError
+from helpers import CAFFE
 
-CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
 # Shallow layers (compile fast), tiny size; all tests share the loop compiled for (24, 32).
 BASE = Config(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=32,
               num_iterations=4, lbfgs_memory=5)
@@ -42,11 +42,6 @@ def yuv(image) -> np.ndarray:
     """BT.601 RGB -> YUV (the transform neural-style's original colours use)."""
     m = np.array([[0.299, 0.587, 0.114], [-0.14713, -0.28886, 0.436], [0.615, -0.51499, -0.10001]])
     return np.asarray(image, np.float64) @ m.T
-
-
-@pytest.fixture(scope="module")
-def vgg():
-    return vgg19.init(jax.random.key(0), CAFFE, last_layer="relu2_1")
 
 
 @pytest.fixture(scope="module")

@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import json
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxstyle import optimize, stylize, sweep, vgg19
+from jaxstyle import optimize, stylize, sweep
 from jaxstyle.config import Config
 from jaxstyle.errors import ConfigError
 from helpers import run_cli as run
 from helpers import write_random_image as _write_image
 
-CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
 SMALL = dict(style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_1",))
-
-
-@pytest.fixture(scope="module")
-def vgg():
-    return vgg19.init(jax.random.key(0), CAFFE, last_layer="relu2_1")
 
 
 def test_every_cell_equals_its_settings_run_alone_and_the_sweep_compiles_once(vgg):

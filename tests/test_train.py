@@ -5,8 +5,6 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -19,10 +17,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import reference
 from jaxstyle import data, losses, netfile, train
 from jaxstyle.config import Config
-from jaxstyle.models import transformer, vgg19
+from jaxstyle.models import transformer
 from helpers import run_cli as run
+from helpers import CAFFE, random_vgg, run_on_devices, write_random_image
 
-CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
 STYLE_LAYERS = ("relu1_1", "relu2_1")
 SIZE = 16
 
@@ -50,7 +48,7 @@ def torch_style_distance(vgg, images, style):
 
 @pytest.fixture(scope="module")
 def vgg():
-    return vgg19.init(jax.random.key(0), CAFFE, last_layer="relu2_2")
+    return random_vgg("relu2_2")  # deeper than the shared fixture's relu2_1
 
 
 def tiny_loss(vgg, style):
@@ -59,6 +57,8 @@ def tiny_loss(vgg, style):
     return train.make_loss(vgg, [style], [1.0], losses.LossSpec.from_config(cfg))
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_a_tiny_network_learns_the_style_and_still_sees_its_input(vgg):
     rng = np.random.default_rng(0)
     photos, unseen, style = smooth_images(rng, 800), smooth_images(rng, 2), stripes()
@@ -95,6 +95,7 @@ def test_nan_step_keeps_the_parameters(vgg):
 
 
 
+@pytest.mark.slow
 def test_bfloat16_step_follows_the_float32_objective(vgg):
     """--compute-dtype bfloat16: the loss and the parameter gradient of a batch agree with the
     float32 ones to bfloat16's precision, the parameters stay float32, and training still learns."""
@@ -161,12 +162,9 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_over_two_simulated_devices_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    record = json.loads(out.stdout.strip().splitlines()[-1])
+    record = run_on_devices(SHARDED, devices=2)
     assert record["devices"] == [1, 2] * 3
     # Gradients (Adam's moments), not updated parameters: a gradient entry at rounding-noise level
     # (a conv bias right before an instance norm; by chance a kernel entry) gets a full Adam step,
@@ -181,10 +179,8 @@ def test_sharded_over_two_simulated_devices_equals_one_device():
 
 
 def _write(path, shape, seed):
-    rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((rng.random(shape + (3,)) * 255).astype(np.uint8)).save(path)
-    return path
+    return write_random_image(path, shape, seed)
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +235,7 @@ def style_file(tmp_path_factory):
     return _write(tmp_path_factory.mktemp("style") / "style.png", (20, 20), 7)
 
 
+@pytest.mark.slow
 def test_train_resume_equals_uninterrupted_and_apply(capsys, photos, style_file, keras_safetensors,
                                                     tmp_path):
     base = ["train", style_file, "--data", photos, "--weights", keras_safetensors, *TINY]

@@ -29,6 +29,7 @@ def test_standard_network_has_the_reference_parameter_count():
     assert transformer.channels_for_width(0.5) == 16
 
 
+@pytest.mark.torch
 def test_forward_matches_torch(params):
     images = np.random.default_rng(2).random((2, 24, 32, 3), dtype=np.float32)
     ours = np.asarray(jax.jit(transformer.forward)(params, images))
@@ -36,6 +37,7 @@ def test_forward_matches_torch(params):
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.torch
 def test_any_size_is_padded_and_cropped_back(params):
     images = np.random.default_rng(3).random((1, 18, 21, 3), dtype=np.float32)
     out = np.asarray(jax.jit(transformer.apply)(params, images))
@@ -48,6 +50,7 @@ def test_any_size_is_padded_and_cropped_back(params):
         transformer.apply(params, images[:, :6])
 
 
+@pytest.mark.torch
 def test_gradients_match_torch(params):
     """d(sum of output · weights)/d(params) against torch autograd in float64."""
     import torch

@@ -166,6 +166,7 @@ jit_input_grad = jax.jit(jax.grad(weighted_sum, argnums=1), static_argnames=("dt
 # Forward.
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("convention", list(WEIGHTS))
 @pytest.mark.parametrize("pooling", vgg19.POOLINGS)
 def test_features_match_torch(models, convention, pooling):
@@ -176,6 +177,7 @@ def test_features_match_torch(models, convention, pooling):
     assert_close(ours, reference(both, x, pooling))
 
 
+@pytest.mark.torch
 def test_load_sets_pooling_and_preprocessing(keras_safetensors, torchvision_safetensors):
     assert vgg19.load(keras_safetensors, pooling="avg").pooling == "avg"
     assert vgg19.load(keras_safetensors).preprocessing == sources.KERAS
@@ -200,6 +202,7 @@ def test_odd_size(models, convention, pooling):
     assert_close(ours, reference(both, x, pooling))
 
 
+@pytest.mark.torch
 def test_vmap_over_leading_axis(models):
     both = models["torchvision"]
     x = images((3, 1, 32, 48, 3), seed=3)
@@ -219,6 +222,7 @@ def test_vmap_over_leading_axis(models):
 # unit of conv1_2). In float64 no mask flips, and the gradients agree to ~1e-15.
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("convention, pooling", PAIRS)
 def test_input_gradient_matches_torch_under_jit(models, convention, pooling):
     both = models[convention]
@@ -238,6 +242,7 @@ def test_input_gradient_matches_torch_under_jit(models, convention, pooling):
         assert grad32.dtype == jnp.float32 and rel_err(grad32, expected) < 1e-2
 
 
+@pytest.mark.torch
 def test_input_gradient_eager(models):
     both = models["keras"]
     x = images((1, 24, 20, 3), seed=8)
@@ -249,6 +254,7 @@ def test_input_gradient_eager(models):
     assert rel_err(grad, torch_input_grad(both, x, cot)) < RTOL
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("convention, where", [("keras", "outside"), ("torchvision", "inside")])
 def test_input_gradient_in_scan_with_prepare(models, convention, where):
     """`prepare`d kernels used in a lax.scan body (prepare called before the loop, as documented,
@@ -344,6 +350,7 @@ def test_only_needed_layers_are_computed(models):
         vgg19.features(first_only, jnp.asarray(x), ["relu1_2"])
 
 
+@pytest.mark.torch
 def test_truncated_prepared_network_keeps_only_needed_layers(models):
     """`truncate` drops the convolutions past the deepest requested layer (and their prepared
     kernels); the truncated, prepared network still computes the requested features."""

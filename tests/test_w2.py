@@ -14,6 +14,7 @@ import scipy.linalg
 
 from jaxstyle import losses, sources, stylize, vgg19
 from jaxstyle.config import RELATIVE_WEIGHTS, Config
+from helpers import CAFFE
 
 
 def spd(c, seed, rank=None):
@@ -82,14 +83,8 @@ def test_w2_loss_value_and_gradient_match_float64_scipy():
     assert float(losses.w2_style_loss(jnp.asarray(ft, jnp.float32), target)[0]) < 1e-4
 
 
-CAFFE = vgg19.Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
 CFG = Config(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=32,
              style_loss="w2")
-
-
-@pytest.fixture(scope="module")
-def vgg():
-    return vgg19.init(jax.random.key(0), CAFFE, last_layer="relu2_1")
 
 
 def test_styles_blend_by_first_and_second_moments(vgg):

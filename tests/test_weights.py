@@ -100,6 +100,7 @@ def test_keras_round_trip(keras_h5, keras_safetensors):
         assert loaded.metadata["source_sha256"] == sources.sha256sum(keras_h5)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("fixture", ["torchvision_pth", "torchvision_pth_legacy"])
 def test_torch_round_trip(request, tmp_path, fixture):
     src = request.getfixturevalue(fixture)
@@ -115,6 +116,7 @@ def test_torch_round_trip(request, tmp_path, fixture):
     assert leftovers(tmp_path) == ["out.safetensors"]
 
 
+@pytest.mark.torch
 def test_known_checksum_needs_no_source(monkeypatch, tmp_path, torchvision_pth):
     monkeypatch.setitem(sources.KNOWN_SHA256_PREFIXES, sources.sha256sum(torchvision_pth)[:8],
                         "caffe")
@@ -154,6 +156,7 @@ def test_conversion_streams(request, tmp_path, fixture, source):
 # Bad inputs: an error, and nothing written.
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("kind", list(sw.BAD_FILE_KINDS))
 def test_bad_file_writes_nothing(tmp_path, kind, keras_h5, torchvision_pth, torchvision_pth_legacy):
     inputs = tmp_path / "in"
@@ -256,12 +259,14 @@ def test_bad_converted_file(tmp_path, keras_safetensors, case, words):
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.torch
 def test_converted_file_source_must_match(keras_safetensors):
     assert weights.read(keras_safetensors, source="keras").source == "keras"
     with pytest.raises(JaxstyleError, match="holds keras weights, not torchvision"):
         weights.read(keras_safetensors, source="torchvision")
 
 
+@pytest.mark.torch
 def test_preprocessing_round_trips_through_metadata(keras_safetensors, torchvision_safetensors):
     assert weights.read(keras_safetensors).preprocessing == sources.KERAS
     stored = json.loads(weights.read(torchvision_safetensors).metadata["preprocessing"])
