@@ -400,7 +400,7 @@ def check_memory(cfg: Config, height: int, width: int, problems: int = 1,
     chosen = memory.plan(cfg, height, width, available, where, problems=problems,
                          num_styles=num_styles, max_memory=max_memory, modes=("one",))
     if max_memory is not None:
-        print(f"jaxstyle: {chosen.line(width, height, where)}", file=sys.stderr)
+        print(f"jaxstyle: {chosen.line(width, height)}", file=sys.stderr)
 
 
 def max_memory_size(text: str) -> int:
