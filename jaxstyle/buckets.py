@@ -101,10 +101,24 @@ def fill_color(preprocessing: vgg19.Preprocessing) -> np.ndarray:
     return np.clip(mean[::-1] if preprocessing.bgr else mean, 0.0, 1.0)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
 def pad(images: jax.Array, height: int, width: int, fill: jax.Array) -> jax.Array:
     """float32[P, h, w, 3] -> float32[P, height, width, 3], ``fill`` (float32[3]) at the bottom
-    and right. The padding stays as it is during a run (`optimize.step` freezes it)."""
+    and right. The padding stays as it is during a run (`optimize.step` freezes it).
+
+    Images this host holds whole are padded here, in NumPy, and laid out as they were: a jitted
+    pad would compile for every photo's own shape, which is what buckets exist to avoid."""
+    if isinstance(images, np.ndarray) or getattr(images, "is_fully_addressable", False):
+        host = np.asarray(images)
+        out = np.empty(host.shape[:1] + (height, width) + host.shape[3:], host.dtype)
+        out[...] = np.asarray(fill, host.dtype)
+        out[:, :host.shape[1], :host.shape[2]] = host
+        sharding = getattr(images, "sharding", None)
+        return jax.device_put(out, sharding) if sharding is not None else jnp.asarray(out)
+    return _pad(images, height, width, fill)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _pad(images: jax.Array, height: int, width: int, fill: jax.Array) -> jax.Array:
     p, h, w, c = images.shape
     out = jnp.broadcast_to(jnp.asarray(fill, images.dtype), (p, height, width, c))
     return out.at[:, :h, :w].set(images)
@@ -116,4 +130,4 @@ def refit(images: jax.Array, valid: tuple[int, int], size: tuple[int, int],
     """Padded images whose photo is ``valid`` (h, w) at their top left -> that photo resized to
     ``size`` and padded to ``padded`` (the next scale's start)."""
     photo = images[:, :valid[0], :valid[1]]
-    return pad(resize(photo, *size), *padded, fill)
+    return _pad(resize(photo, *size), *padded, fill)

@@ -6,6 +6,8 @@ and every user error becomes one line ``jaxstyle: error: ...`` with a non-zero e
   convert, weights   `jaxstyle.cli.convert`: weight files
   stylize            `jaxstyle.cli.stylize`: one content image or several
   train, apply       `jaxstyle.cli.train`, `jaxstyle.cli.apply`: feed-forward style networks
+  video              `jaxstyle.cli.video`: a film
+  warmup             `jaxstyle.cli.warmup`: compile ahead of time into the cache
 
 The benchmarks against the PyTorch reference are not a command: they live in the repository's
 ``benchmarks/`` folder (``python -m benchmarks.compare``), beside the package, not in it.
@@ -17,7 +19,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from jaxstyle.cli import apply, convert, stylize, train, video
+from jaxstyle.cli import apply, convert, stylize, train, video, warmup
 from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, OneLineParser, in_flag_words,
                                  is_out_of_memory, out_of_memory_error, warnings_as_lines)
 from jaxstyle.errors import JaxstyleError
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     apply.add_parser(sub)
     video.add_parser(sub)
+    warmup.add_parser(sub)
     return parser
 
 
