@@ -370,9 +370,15 @@ def w2_target(packed: Array) -> Array:
 def w2_style_loss(features: Array, target: Array) -> Array:
     """Squared W2 distance between Gaussian fits, over C. features: float[B, H, W, C]; target:
     float32[B or 1, C + 1, C] from `w2_target` -> float32[B]."""
-    c = features.shape[-1]
-    root, mean_t = target[:, :-1], target[:, -1]
     mean, second = feature_moments(features)
+    return w2_from_moments(mean, second, target)
+
+
+def w2_from_moments(mean: Array, second: Array, target: Array) -> Array:
+    """The squared W2 distance over C from an image's moments: mean float32[B, C], second moment
+    float32[B, C, C]; target float32[B or 1, C + 1, C] from `w2_target` -> float32[B]."""
+    c = mean.shape[-1]
+    root, mean_t = target[:, :-1], target[:, -1]
     cov = second - mean[:, :, None] * mean[:, None, :]
     cross = jnp.trace(sqrtm_psd(root @ cov @ root), axis1=-2, axis2=-1)
     trace_t = jnp.sum(root * root, axis=(-2, -1))
@@ -646,15 +652,9 @@ def masked_w2_style_loss(features: Array, target: Array, mask: Array) -> Array:
     b, h, w, c = features.shape
     m = jnp.broadcast_to(mask, (b, h, w)).reshape(b, h * w, 1)
     n = _count(mask)
-    root, mean_t = target[:, :-1], target[:, -1]
     mean = jnp.sum(features.reshape(b, h * w, c).astype(jnp.float32) * m, axis=1) / n[:, None]
     second = masked_gram(features, mask, normalize=True) * c
-    cov = second - mean[:, :, None] * mean[:, None, :]
-    cross = jnp.trace(sqrtm_psd(root @ cov @ root), axis1=-2, axis2=-1)
-    trace_t = jnp.sum(root * root, axis=(-2, -1))
-    d2 = (jnp.sum((mean - mean_t) ** 2, axis=-1) + jnp.trace(cov, axis1=-2, axis2=-1) + trace_t
-          - 2.0 * cross)
-    return jnp.maximum(d2, 0.0) / c
+    return w2_from_moments(mean, second, target)
 
 
 def masked_total_variation(images: Array, mask: Array) -> Array:
