@@ -218,7 +218,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
                   every: tuple[int, ...] = (),
                   to_host: Callable[[Array], np.ndarray] = np.asarray,
                   guidance: guidance_lib.Guidance | None = None,
-                  temporal: dict | None = None, bucket: bool = False) -> Result:
+                  temporal: dict | None = None, bucket: bool = False,
+                  on_scale: Callable[[int, int, int], None] | None = None) -> Result:
     """Stylizes P content images of one size with the same styles, each its own problem.
 
     Args:
@@ -231,6 +232,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
       init_image: float32[Hi, Wi, 3], for ``cfg.init == "image"``.
       start: resume from a `Start` instead of the beginning.
       on_progress: called after every compiled chunk (see `optimize.chunk_boundaries`).
+      on_scale: called as ``on_scale(index, height, width)`` when a scale starts, before its
+        programs are made (a progress bar says that it compiles).
       every: iteration periods at which ``on_progress`` must be called (progress, snapshots).
       to_host: fetches a result array (the batch runner gathers across hosts with it).
       guidance: where each style goes (`guidance.from_masks` / `from_maps`); None: everywhere.
@@ -287,6 +290,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
             raise ConfigError(
                 f"a {width}x{height} content image at {max(h, w)} px is {w}x{h}, too small for "
                 f"layer {spec.layers[-1]} (needs {min_side} px on the short side); raise the size")
+        if on_scale is not None:
+            on_scale(index, h, w)
         scaled = resize(contents, h, w)
         bucketed = bucket and guidance is None and temporal is None
         padded = buckets.bucket_shape(h, w) if bucketed else (h, w)

@@ -134,3 +134,21 @@ def test_a_port_in_use_is_one_line(capsys, tmp_path, inputs):
     assert code == 1
     _one_line(err, f"127.0.0.1:{port}")
     assert "in use" in err and not (tmp_path / "o.png").exists()
+
+
+def test_compile_time_is_shown_while_it_happens_and_logged_apart_from_steps(
+        capsys, tmp_path, inputs, keras_safetensors):
+    # A shape no other test uses (36x48), so this process compiles its programs now.
+    content = _image(tmp_path / "c.png", (36, 48), 3)
+    logs = tmp_path / "logs"
+    code, _, err = run(capsys, "stylize", content, "--style", inputs[1], "--weights",
+                       keras_safetensors, "--image-size", "48", "--num-iterations", "4",
+                       "--print-iter", "2", "--log-dir", logs, "-o", tmp_path / "o.png")
+    assert code == 0, err
+    # The bar says what it waits for before the first step of the shape...
+    assert "preparing 48x36 (compiles on a shape's first run)" in err
+    # ... and the log keeps the time spent making programs apart from the steps'.
+    records = [json.loads(s) for s in (logs / "metrics.jsonl").read_text().splitlines()]
+    compile_s = [r["compile_s"] for r in records]
+    assert compile_s and compile_s[0] > 0 and compile_s == sorted(compile_s)
+    assert "s making programs" in err.strip().splitlines()[-1]

@@ -197,6 +197,39 @@ def enable_compilation_cache(args: argparse.Namespace) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+# JAX's events for the stages of making a program: tracing, lowering to MLIR, XLA's compile.
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+
+
+class CompileClock:
+    """Seconds this process has spent making programs (tracing, lowering, compiling; loading
+    from the persistent cache counts as compiling's share), from JAX's monitoring events: the
+    compile time a progress bar and ``--log-dir`` report apart from the steps'. JAX's listeners
+    are process-wide and cannot be removed, so one clock serves the process (`compile_clock`)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        from jax import monitoring
+
+        monitoring.register_event_duration_secs_listener(self._on_duration)
+
+    def _on_duration(self, event: str, duration: float, **_) -> None:
+        if event in COMPILE_EVENTS:
+            self.seconds += duration
+
+
+_CLOCK: list[CompileClock] = []
+
+
+def compile_clock() -> CompileClock:
+    """The process's `CompileClock`, started on first use."""
+    if not _CLOCK:
+        _CLOCK.append(CompileClock())
+    return _CLOCK[0]
+
+
 def available_memory() -> tuple[int, str]:
     """(bytes free for a run, where): the default device's free memory on an accelerator, else the
     host's MemAvailable (/proc/meminfo; physical pages where that file does not exist)."""

@@ -16,7 +16,7 @@ from jaxstyle import batch, image_io, memory
 from jaxstyle import stylize as stylize_lib
 from jaxstyle.cli import resume
 from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, StopRequest, add_weights_flags,
-                                 available_memory, csv, enable_compilation_cache,
+                                 available_memory, compile_clock, csv, enable_compilation_cache,
                                  is_out_of_memory, load_network,
                                  non_negative_float, out_of_memory_error, positive, progress_bar,
                                  warn)
@@ -308,9 +308,17 @@ def run_guarded(args: argparse.Namespace, cfg: Config, stop: StopRequest) -> int
     if watch is not None:
         watch.start([(contents[0] if contents else Path(args.content_map)).stem])
 
+    clock = compile_clock()
+
+    def on_scale(index: int, h: int, w: int) -> None:
+        # Until the scale's first chunk returns: its programs are compiled, or loaded if cached.
+        bar.set_description_str(f"preparing {w}x{h} (compiles on a shape's first run)")
+
     def on_progress(p) -> None:
+        if bar.desc != "stylize":  # the scale's programs are ready
+            bar.set_description_str("stylize", refresh=False)
         if watch is not None:
-            watch.progress(p, [0])
+            watch.progress(p, [0], compile_s=clock.seconds)
         done = cfg.iterations_before(p.scale_index) + p.iteration
         last.update(images=p.images, scale_index=p.scale_index, iteration=p.iteration)
         bar.update(done - bar.n)
@@ -332,7 +340,7 @@ def run_guarded(args: argparse.Namespace, cfg: Config, stop: StopRequest) -> int
             raise KeyboardInterrupt
         result = stylize_lib.stylize_batch(vgg, content[None], styles, cfg, init_image=init_image,
                                            start=start, on_progress=on_progress, every=every,
-                                           guidance=guide, bucket=True)
+                                           guidance=guide, bucket=True, on_scale=on_scale)
     except KeyboardInterrupt:
         bar.close()
         if not last:
@@ -356,6 +364,7 @@ def run_guarded(args: argparse.Namespace, cfg: Config, stop: StopRequest) -> int
             wrote = f"; wrote the latest image to {output}"
         raise out_of_memory_error(e, wrote) from e
     reason = stop_reason(result, cfg)
+    reason += f"; {clock.seconds:.1f} s making programs"
     bar.set_postfix_str(f"{bar.postfix}, {reason}" if bar.postfix else reason, refresh=True)
     bar.close()
     # `stylize_batch` already applied original colours to its result.

@@ -63,9 +63,10 @@ class Watch:
             for name in self.names:
                 self.log.text(name, "settings", "```\n" + text + "\n```")
 
-    def progress(self, p, problems: Sequence[int]) -> None:
+    def progress(self, p, problems: Sequence[int], compile_s: float | None = None) -> None:
         """p: a `stylize.Progress`; problems: the run indices of its first rows (the others are
-        padding)."""
+        padding); compile_s: seconds the process has spent making programs so far (logged apart
+        from the steps' time)."""
         cfg = self.cfg
         step = cfg.iterations_before(p.scale_index) + p.iteration
         total = cfg.total_iterations
@@ -89,8 +90,10 @@ class Watch:
             if self.log is not None:
                 if self.print_iter and (p.iteration % self.print_iter == 0
                                         or p.iteration == p.num_iterations):
-                    self.log.scalars(self.names[index], step, values,
-                                     {"scale": p.scale_index, "iteration": p.iteration})
+                    extra = {"scale": p.scale_index, "iteration": p.iteration}
+                    if compile_s is not None:
+                        extra["compile_s"] = round(compile_s, 3)
+                    self.log.scalars(self.names[index], step, values, extra)
                 if self._save(p):
                     self.log.image(self.names[index], "image", images[row], step)
         self._status = {"scale_index": p.scale_index, "num_scales": p.num_scales,
