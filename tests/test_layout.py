@@ -29,7 +29,8 @@ CORE = ("jaxstyle.errors", "jaxstyle.config", "jaxstyle.kernels", "jaxstyle.mode
         "jaxstyle.optimize",
         "jaxstyle.stylize", "jaxstyle.batch", "jaxstyle.sweep", "jaxstyle.memory",
         "jaxstyle.guidance", "jaxstyle.models.transformer", "jaxstyle.train",
-        "jaxstyle.warp", "jaxstyle.buckets", "jaxstyle.video", "jaxstyle.spatial")
+        "jaxstyle.warp", "jaxstyle.buckets", "jaxstyle.video", "jaxstyle.spatial",
+        "jaxstyle.tiles")
 # Libraries that read or write files, talk to terminals or networks, or parse command lines.
 IO_LIBRARIES = ("PIL", "h5py", "tqdm", "argparse", "urllib", "http", "socket", "requests",
                 "pooch", "safetensors", "pickle", "zipfile", "subprocess", "tensorboard",
