@@ -205,22 +205,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.preset != "neural-style" and all(w is None for w in weights.values()):
         # No weight given: weights relative to the targets' scales, whatever the weights file.
         weights, loss_scale = dict(RELATIVE_WEIGHTS), "relative"
-    return from_preset(
-        args.preset,
-        content_layers=args.content_layers, style_layers=args.style_layers,
-        content_layer_weights=args.content_layer_weights,
-        style_layer_weights=args.style_layer_weights, **weights,
-        style_blend_weights=args.style_blend_weights, normalization=args.normalization,
-        optimizer=args.optimizer, learning_rate=args.learning_rate, lbfgs_memory=args.lbfgs_memory,
-        lbfgs_history_dtype=args.lbfgs_history_dtype, lbfgs_pyramid=args.lbfgs_pyramid,
-        num_iterations=args.num_iterations, image_size=size, scales=args.scales,
-        num_scales=args.num_scales, coarse_iterations=args.coarse_iterations,
-        style_scale=style_scale, init=_init(args), init_image=args.init_image, seed=args.seed,
-        original_colors=args.original_colors, pooling=args.pooling,
-        compute_dtype=args.compute_dtype, stop_tolerance=args.stop_tolerance,
-        stop_window=args.stop_window, average=args.average, keep_best=args.keep_best,
-        style_loss=args.style_loss, loss_scale=loss_scale, color_match=args.color_match,
-        exact_batch=getattr(args, "exact_batch", None))
+    # Every flag named for a Config field sets it (None: the preset's or Config's default);
+    # the few that need more than a copy are computed above.
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+              if hasattr(args, f.name)}
+    fields.update(weights, image_size=size, style_scale=style_scale, init=_init(args),
+                  loss_scale=loss_scale)
+    return from_preset(args.preset, **fields)
 
 
 def _snapshot_path(output: Path, iteration: int) -> Path:

@@ -9,13 +9,14 @@ import dataclasses
 import json
 import math
 import sys
+import typing
 from pathlib import Path
 
 from jaxstyle import image_io
 from jaxstyle import sweep as sweep_lib
 from jaxstyle.cli.inputs import check_guidance_flags, guidance_inputs, load_guidance
 from jaxstyle.cli.common import EXIT_ERROR, StopRequest, load_network, progress_bar, warn
-from jaxstyle.config import INITS, Config
+from jaxstyle.config import INITS, SWEEPABLE, Config
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.files import atomic_write
 from jaxstyle.sheet import contact_sheet
@@ -39,18 +40,21 @@ def _init(text: str) -> str:
     return text
 
 
-# Flag name -> (Config field, parser of one value). Several-number values are colon-separated.
-SWEEP_FLAGS = {
-    "content-weight": ("content_weight", _finite),
-    "style-weight": ("style_weight", _finite),
-    "tv-weight": ("tv_weight", _finite),
-    "content-layer-weights": ("content_layer_weights", _weights),
-    "style-layer-weights": ("style_layer_weights", _weights),
-    "style-blend-weights": ("style_blend_weights", _weights),
-    "learning-rate": ("learning_rate", _finite),
-    "seed": ("seed", int),
-    "init": ("init", _init),
-}
+def _value_parser(field: str):
+    """How one swept value of ``field`` is read, from its type in `Config`: a choice, an int, a
+    tuple of numbers (colon-separated), or a finite float."""
+    hint = typing.get_type_hints(Config)[field]
+    kinds = set(typing.get_args(hint)) - {type(None)} or {hint}
+    if typing.get_origin(hint) is typing.Literal:
+        return _init
+    if any(typing.get_origin(k) is tuple for k in kinds):
+        return _weights
+    return int if kinds == {int} else _finite
+
+
+# Flag name -> (Config field, parser of one value), for every field `config.SWEEPABLE` names: the
+# sweepable set is the config's, never a second list here.
+SWEEP_FLAGS = {field.replace("_", "-"): (field, _value_parser(field)) for field in SWEEPABLE}
 # More cells than this get a warning with their number before any work (a 100x100 sweep is
 # 10,000 runs): a sweep costs about its cell count times one run.
 LARGE_SWEEP = 64
