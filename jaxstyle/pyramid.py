@@ -55,7 +55,7 @@ def metric(x: Array, levels: int) -> Array:
 
 def as_preconditioner(levels: int) -> tuple[Callable[[Array], Array], ...] | None:
     """The blocks UₖUₖᵀ, k < ``levels``, of the initial inverse Hessian Σₖ γₖ UₖUₖᵀ that
-    `optimize.scale_by_lbfgs` scales one by one; None for 1 level (plain L-BFGS)."""
+    `lbfgs.scale_by_lbfgs` scales one by one; None for 1 level (plain L-BFGS)."""
     if levels <= 1:
         return None
     return tuple(functools.partial(level_product, k=k) for k in range(levels))

@@ -29,10 +29,10 @@ CORE = ("jaxstyle.errors", "jaxstyle.config", "jaxstyle.kernels", "jaxstyle.mode
         "jaxstyle.optimize",
         "jaxstyle.stylize", "jaxstyle.batch", "jaxstyle.sweep", "jaxstyle.memory",
         "jaxstyle.guidance", "jaxstyle.models.transformer", "jaxstyle.train",
-        "jaxstyle.warp", "jaxstyle.buckets", "jaxstyle.video", "jaxstyle.spatial",
-        "jaxstyle.tiles",
-        *(f"jaxstyle.losses.{m}" for m in ("terms", "objective", "w2", "guided", "masked", "temporal",
-                                            "relative")))
+        "jaxstyle.warp", "jaxstyle.buckets", "jaxstyle.lbfgs", "jaxstyle.video",
+        "jaxstyle.spatial", "jaxstyle.tiles",
+        *(f"jaxstyle.losses.{m}" for m in ("terms", "objective", "w2", "guided", "masked",
+                                            "temporal", "relative")))
 # Libraries that read or write files, talk to terminals or networks, or parse command lines.
 IO_LIBRARIES = ("PIL", "h5py", "tqdm", "argparse", "urllib", "http", "socket", "requests",
                 "pooch", "safetensors", "pickle", "zipfile", "subprocess", "tensorboard",

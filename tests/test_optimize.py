@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxstyle import losses, optimize, vgg19
+from jaxstyle import lbfgs, losses, optimize, vgg19
 from jaxstyle.config import Config
 from helpers import CAFFE
 
@@ -66,7 +66,7 @@ def numpy_two_loop(points, grads, memory):
 def drive_lbfgs(points, grads, memory):
     """Feeds (grad, params) pairs to `scale_by_lbfgs`; returns every direction and the last
     state."""
-    tx = optimize.scale_by_lbfgs(memory)
+    tx = lbfgs.scale_by_lbfgs(memory)
     update = jax.jit(tx.update)
     state = tx.init(jnp.zeros(N, jnp.float32))
     directions = []
@@ -111,7 +111,7 @@ def test_lbfgs_bfloat16_history_follows_numpy_to_bfloat16_precision():
     rng = np.random.default_rng(1)
     points = [rng.standard_normal(N) for _ in range(9)]
     grads = [a @ x - b for x in points]
-    tx = optimize.scale_by_lbfgs(3, "bfloat16")
+    tx = lbfgs.scale_by_lbfgs(3, "bfloat16")
     update = jax.jit(tx.update)
     state = tx.init(jnp.zeros(N, jnp.float32))
     assert state.s.dtype == state.y.dtype == jnp.bfloat16 and state.rho.dtype == jnp.float32
@@ -126,7 +126,7 @@ def test_lbfgs_bfloat16_history_minimizes_an_ill_conditioned_quadratic_like_floa
     solution = np.linalg.solve(a, b)
 
     def minimize(history_dtype):
-        tx = optimize.scale_by_lbfgs(10, history_dtype)
+        tx = lbfgs.scale_by_lbfgs(10, history_dtype)
         update = jax.jit(tx.update)
         x = jnp.zeros(N, jnp.float32)
         state = tx.init(x)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxstyle import optimize, pyramid
+from jaxstyle import lbfgs, pyramid
 
 
 def upsampling_matrix(shape: tuple[int, int], k: int) -> np.ndarray:
@@ -113,7 +113,7 @@ def test_preconditioned_lbfgs_is_lbfgs_on_the_pyramid_levels():
     x = rng.standard_normal(n) * 1e-2
     expected = lbfgs_on_levels(lambda z: p.T @ grad_x(p @ z),
                                np.concatenate([x, np.zeros(p.shape[1] - n)]), blocks, memory, steps)
-    pre = optimize.scale_by_lbfgs(memory, precondition=pyramid.as_preconditioner(levels))
+    pre = lbfgs.scale_by_lbfgs(memory, precondition=pyramid.as_preconditioner(levels))
     as_image = lambda v: jnp.asarray(v.reshape(shape + (1,)), jnp.float32)  # noqa: E731
     state = pre.init(as_image(x))
     for z in expected:
