@@ -55,3 +55,30 @@ def run_on_devices(script: str, devices: int, timeout: float = 600) -> dict:
                          timeout=timeout)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# Counts the persistent compilation cache's hits and misses of one CLI run (a miss compiles).
+_COUNT_CACHE_EVENTS = """
+import sys
+from jax import monitoring
+events = []
+monitoring.register_event_listener(lambda name, **_: events.append(name))
+from jaxstyle import cli
+code = cli.main(sys.argv[1:])
+print("hits", events.count("/jax/compilation_cache/cache_hits"),
+      "misses", events.count("/jax/compilation_cache/cache_misses"))
+sys.exit(code)
+"""
+
+
+def cache_events_of_cli(*argv) -> tuple[int, int]:
+    """(hits, misses) of the persistent compilation cache in ``jaxstyle *argv``, run in a fresh
+    process with jaxstyle's own cache settings (the test run's cache variables removed)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAXSTYLE_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+    env.update(JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    done = subprocess.run([sys.executable, "-c", _COUNT_CACHE_EVENTS, *map(str, argv)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    words = done.stdout.split()
+    return int(words[words.index("hits") + 1]), int(words[words.index("misses") + 1])

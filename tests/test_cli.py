@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -12,7 +9,7 @@ import pytest
 from PIL import Image
 
 from helpers import run_cli as run
-from helpers import write_random_image
+from helpers import cache_events_of_cli, write_random_image
 from jaxstyle import cli, download
 from jaxstyle import stylize as stylize_lib
 
@@ -294,30 +291,6 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, images, keras_safetens
 
 # Runs the CLI in a fresh process and prints how many compiled programs came from JAX's persistent
 # cache and how many had to be compiled and stored.
-_COUNT_CACHE_EVENTS = """
-import sys
-from jax import monitoring
-events = []
-monitoring.register_event_listener(lambda name, **_: events.append(name))
-from jaxstyle import cli
-code = cli.main(sys.argv[1:])
-print("hits", events.count("/jax/compilation_cache/cache_hits"),
-      "misses", events.count("/jax/compilation_cache/cache_misses"))
-sys.exit(code)
-"""
-
-
-def _cli_in_subprocess(*argv):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("JAXSTYLE_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
-    env.update(JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    done = subprocess.run([sys.executable, "-c", _COUNT_CACHE_EVENTS, *map(str, argv)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    words = done.stdout.split()
-    return int(words[words.index("hits") + 1]), int(words[words.index("misses") + 1])
-
-
 @pytest.mark.slow
 def test_second_run_loads_its_programs_from_the_compilation_cache(images, keras_safetensors,
                                                                    tmp_path):
@@ -325,11 +298,11 @@ def test_second_run_loads_its_programs_from_the_compilation_cache(images, keras_
     args = lambda out, *extra: [*stylize_args(images, keras_safetensors, tmp_path / out),
                                 "--cache-dir", cache, *extra]
     # (The first run may already hit: eager ops from two call sites can compile to one program.)
-    hits, compiled = _cli_in_subprocess(*args("first.png"))
+    hits, compiled = cache_events_of_cli(*args("first.png"))
     assert compiled > 0
     assert any((cache / "xla").iterdir())
-    hits, misses = _cli_in_subprocess(*args("second.png"))
+    hits, misses = cache_events_of_cli(*args("second.png"))
     assert misses == 0 and hits >= compiled
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "first.png")),
                                   np.asarray(Image.open(tmp_path / "second.png")))
-    assert _cli_in_subprocess(*args("third.png", "--no-compile-cache")) == (0, 0)
+    assert cache_events_of_cli(*args("third.png", "--no-compile-cache")) == (0, 0)

@@ -4,38 +4,9 @@ one line."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from helpers import run_cli, write_random_image
-
-# Counts the persistent cache's hits and misses of one CLI run (a miss is a compilation).
-COUNT = """
-import sys
-from jax import monitoring
-events = []
-monitoring.register_event_listener(lambda name, **_: events.append(name))
-from jaxstyle import cli
-code = cli.main(sys.argv[1:])
-print("misses", events.count("/jax/compilation_cache/cache_misses"),
-      "hits", events.count("/jax/compilation_cache/cache_hits"))
-sys.exit(code)
-"""
-
-
-def _cli(*argv) -> tuple[int, int]:
-    """(misses, hits) of `jaxstyle *argv` in a fresh process with its own cache settings."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("JAXSTYLE_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
-    env.update(JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", COUNT, *map(str, argv)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    words = done.stdout.split()
-    return int(words[words.index("misses") + 1]), int(words[words.index("hits") + 1])
+from helpers import cache_events_of_cli, run_cli, write_random_image
 
 
 @pytest.mark.slow
@@ -43,13 +14,13 @@ def test_after_warmup_stylize_compiles_nothing(tmp_path, keras_safetensors):
     style = write_random_image(tmp_path / "style.png", (40, 40), 1)
     flags = ["--style", style, "--weights", keras_safetensors, "--image-size", "32",
              "--cache-dir", tmp_path / "cache"]
-    misses, _ = _cli("warmup", *flags, "--aspect", "4:3")
+    _, misses = cache_events_of_cli("warmup", *flags, "--aspect", "4:3")
     assert misses > 0  # it compiled, into the cache
     # A 4:3 photo, and a 5:4 one: 32x24 and 32x26 share the bucket 32x32 (buckets.bucket_shape).
     for name, shape in (("four_three", (30, 40)), ("five_four", (40, 50))):
         photo = write_random_image(tmp_path / f"{name}.png", shape, 2)
-        misses, hits = _cli("stylize", photo, *flags, "--num-iterations", "3", "-q",
-                            "-o", tmp_path / f"{name}_out.png")
+        hits, misses = cache_events_of_cli("stylize", photo, *flags, "--num-iterations", "3",
+                                           "-q", "-o", tmp_path / f"{name}_out.png")
         assert (misses, hits > 0) == (0, True), name
 
 

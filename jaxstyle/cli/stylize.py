@@ -192,6 +192,20 @@ def _init(args: argparse.Namespace) -> str | None:
     return "image" if args.init_image else args.init
 
 
+def add_stylize_flags(parser: argparse.ArgumentParser, exclude: set[str]) -> None:
+    """Gives another command (``video``, ``warmup``) stylize's flags, in stylize's groups, except
+    the destinations in ``exclude``: the same argparse actions, so both commands parse them alike
+    and `config_from_args` reads either's flags."""
+    sub = argparse.ArgumentParser(add_help=False).add_subparsers()
+    add_parser(sub)
+    for group in sub.choices["stylize"]._action_groups:
+        actions = [a for a in group._group_actions if a.dest not in exclude]
+        if actions:
+            target = parser.add_argument_group(group.title)
+            for action in actions:
+                target._add_action(action)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The `Config` that stylize flags describe (ConfigError for inconsistent values)."""
     style_scale = args.style_scale

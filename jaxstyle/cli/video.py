@@ -47,12 +47,6 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def _stylize_parser() -> argparse.ArgumentParser:
-    sub = argparse.ArgumentParser(add_help=False).add_subparsers()
-    stylize_cli.add_parser(sub)
-    return sub.choices["stylize"]
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("video", help="stylize a film without flicker",
                        description="Stylize a video (any format FFmpeg reads, or a folder of "
@@ -63,14 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="output video (.mp4, .mov, .mkv, .avi: H.264; .webm: VP9), or a folder "
                         "for PNG frames")
-    # The stylize flags, shared (the same Action objects), so both commands parse them alike.
-    for group in _stylize_parser()._action_groups:
-        actions = [a for a in group._group_actions if a.dest not in NOT_FOR_FILMS]
-        if not actions:
-            continue
-        target = p.add_argument_group(group.title)
-        for action in actions:
-            target._add_action(action)
+    stylize_cli.add_stylize_flags(p, exclude=NOT_FOR_FILMS)
     g = p.add_argument_group("video")
     g.add_argument("--temporal-weight", type=non_negative_float, metavar="W",
                    help="weight of the temporal term Σc(x−ω)²/(H·W·3) on [0,1] pixels (default "

@@ -44,24 +44,13 @@ def aspect(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _stylize_parser() -> argparse.ArgumentParser:
-    sub = argparse.ArgumentParser(add_help=False).add_subparsers()
-    stylize_cli.add_parser(sub)
-    return sub.choices["stylize"]
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("warmup", help="compile ahead of time for later stylize runs",
                        description="Compile, into the compilation cache, the programs that "
                                    "`jaxstyle stylize` with these flags needs for photos of the "
                                    "given aspect ratios, so that later runs start without "
                                    "compiling. Takes `jaxstyle stylize`'s flags.")
-    for group in _stylize_parser()._action_groups:  # shared: both commands parse them alike
-        actions = [a for a in group._group_actions if a.dest not in NOT_FOR_WARMUP]
-        if actions:
-            target = p.add_argument_group(group.title)
-            for action in actions:
-                target._add_action(action)
+    stylize_cli.add_stylize_flags(p, exclude=NOT_FOR_WARMUP)
     g = p.add_argument_group("warmup")
     g.add_argument("--aspect", type=aspect, nargs="+", metavar="W:H",
                    help=f"photo shapes to compile for (default {' '.join(DEFAULT_ASPECTS)}; "
