@@ -64,7 +64,8 @@ def stylize_sweep(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfgs:
                   batch_size: int = 4, init_image: Array | None = None,
                   on_progress: Callable[[SweepProgress], None] | None = None,
                   every: tuple[int, ...] = (),
-                  guidance: guidance_lib.Guidance | None = None) -> list[stylize_lib.Result]:
+                  guidance: guidance_lib.Guidance | None = None,
+                  bucket: bool = False) -> list[stylize_lib.Result]:
     """Stylizes one content image under every config of ``cfgs`` (see the module docstring).
 
     Args:
@@ -73,6 +74,7 @@ def stylize_sweep(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfgs:
       batch_size: the most problems per compiled run; every batch is padded to the same size.
       guidance: where each style goes (`guidance.from_masks` / `from_maps`), the same in every
         cell; None: everywhere.
+      bucket: run on the content's shape bucket (`stylize.stylize_batch`), as a lone run does.
 
     Returns:
       One `stylize.Result` per config (``images`` float32[1, h, w, 3]), in order. Each equals the
@@ -93,6 +95,7 @@ def stylize_sweep(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfgs:
             report = lambda p, f=first, n=len(real): on_progress(SweepProgress(f, n, p))  # noqa: E731
         result = stylize_lib.stylize_batch(
             vgg, jnp.broadcast_to(content, (size,) + content.shape), styles, padded,
-            init_image=init_image, on_progress=report, every=every, guidance=guidance)
+            init_image=init_image, on_progress=report, every=every, guidance=guidance,
+            bucket=bucket)
         results += [result.problem(i) for i in range(len(real))]
     return results

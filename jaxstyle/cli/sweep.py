@@ -158,7 +158,7 @@ def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
         results = sweep_lib.stylize_sweep(vgg, content, styles, [c for _, c in cells],
                                           batch_size=args.batch_size, init_image=init_image,
                                           on_progress=on_progress, every=every,
-                                          guidance=guide)
+                                          guidance=guide, bucket=True)  # as `stylize` does
     bar.close()
     images = [r.images[0] for r in results]
     for image, f in zip(images, files):
