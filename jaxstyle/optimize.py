@@ -227,16 +227,24 @@ def over_problems(fn: Callable, sequential: bool) -> Callable:
     if not sequential:
         return jax.vmap(fn)
 
-    def mapped(*args):
-        count = jax.tree.leaves(args)[0].shape[0]
-        take = lambda i: jax.tree.map(  # noqa: E731
-            lambda x: lax.dynamic_index_in_dim(x, i, keepdims=False), args)
-        shapes = jax.eval_shape(lambda: fn(*take(0)))
-        out = jax.tree.map(lambda y: jnp.zeros((count,) + y.shape, y.dtype), shapes)
+    def mapped(first, *rest):
+        count = jax.tree.leaves(first)[0].shape[0]
+        take = lambda i, tree: jax.tree.map(  # noqa: E731
+            lambda x: lax.dynamic_index_in_dim(x, i, keepdims=False), tree)
+        shapes = jax.eval_shape(lambda: fn(take(0, first), *take(0, rest)))
+        # A result shaped like the first argument (a step's new state) is written over it, problem
+        # by problem, in the loop's carry: no second copy of the state (an L-BFGS history is most
+        # of a run's memory). Problem i is read from the carry before it is overwritten.
+        in_place = count > 1 and jax.tree.structure(shapes) == jax.tree.structure(first) and all(
+            (x.shape[1:], x.dtype) == (y.shape, y.dtype)
+            for x, y in zip(jax.tree.leaves(first), jax.tree.leaves(shapes)))
+        out = first if in_place else jax.tree.map(
+            lambda y: jnp.zeros((count,) + y.shape, y.dtype), shapes)
 
         def body(i, out):
+            new = fn(take(i, out if in_place else first), *take(i, rest))
             return jax.tree.map(lambda o, y: lax.dynamic_update_index_in_dim(o, y, i, 0),
-                                out, fn(*take(i)))
+                                out, new)
 
         # The trip count hidden from XLA: a loop of known length 1 would be inlined and fused
         # differently from the same body in a longer loop, which changes the rounding.
