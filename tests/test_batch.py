@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxstyle import batch, image_io, optimize, stylize
-from jaxstyle.cli import stylize as cli_stylize
+from jaxstyle.cli import jobs as cli_jobs
 from jaxstyle.config import Config
 from helpers import random_images, random_vgg, run_on_devices
 
@@ -41,8 +41,8 @@ def test_collect_images_expands_folders_sorted(tmp_path):
 def test_output_path_names_after_inputs(tmp_path):
     from pathlib import Path
 
-    assert cli_stylize.output_path(tmp_path, Path("in/cat.jpg"), None) == tmp_path / "cat.png"
-    assert cli_stylize.output_path(tmp_path, Path("cat.jpg"), Path("s/starry.jpg")) == \
+    assert cli_jobs.output_path(tmp_path, Path("in/cat.jpg"), None) == tmp_path / "cat.png"
+    assert cli_jobs.output_path(tmp_path, Path("cat.jpg"), Path("s/starry.jpg")) == \
         tmp_path / "cat__starry.png"
 
 

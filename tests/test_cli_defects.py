@@ -21,7 +21,6 @@ from helpers import write_random_image
 from jaxstyle import cli, config, netfile
 from jaxstyle import stylize as stylize_lib
 from jaxstyle.cli import stylize as stylize_cli
-from jaxstyle.cli import sweep as sweep_cli
 from jaxstyle.cli import train as train_cli
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.models import transformer
@@ -427,7 +426,7 @@ def test_a_large_sweep_warns_with_its_cell_count_before_any_work(capsys, tmp_pat
     def no_work(*args, **kwargs):
         raise JaxstyleError("stopped before any work")
 
-    monkeypatch.setattr(sweep_cli, "load_network", no_work)
+    monkeypatch.setattr(stylize_cli, "load_network", no_work)
     seeds = ",".join(str(i) for i in range(13))
     code, _, err = run(capsys, *stylize(images, keras_safetensors, tmp_path / "o.png",
                                         "--sweep", f"seed={seeds}", "--sweep",

@@ -1,25 +1,23 @@
 """``jaxstyle stylize ... --sweep NAME=V1,V2 [--sweep ...]``: every combination of the settings as one
 batched, compiled run (`jaxstyle.sweep`), written as a labelled contact sheet at ``-o``, one image
-per cell (``OUT-1.png`` …) and ``OUT.json`` (the cells' files and settings, in the sheet's order)."""
+per cell (``OUT-1.png`` …) and ``OUT.json`` (the cells' files and settings, in the sheet's order).
+The flags' values (`sweep_axis`) and the sweep's `pipeline.Job` (`sweep_job`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
-import sys
 import typing
 from pathlib import Path
 
 from jaxstyle import image_io
 from jaxstyle import sweep as sweep_lib
-from jaxstyle.cli.inputs import check_guidance_flags, guidance_inputs, load_guidance
-from jaxstyle.cli.common import EXIT_ERROR, StopRequest, load_network, progress_bar, warn
+from jaxstyle.cli.common import warn
+from jaxstyle.cli.inputs import check_guidance_flags, guidance_inputs
+from jaxstyle.cli.pipeline import Job, Problem, Sheet
 from jaxstyle.config import INITS, SWEEPABLE, Config
 from jaxstyle.errors import JaxstyleError
-from jaxstyle.files import atomic_write
-from jaxstyle.sheet import contact_sheet
 
 
 def _finite(text: str) -> float:
@@ -95,8 +93,9 @@ def cell_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i + 1}{output.suffix}") for i in range(count)]
 
 
-def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
-    """One content image under every combination of ``args.sweep``."""
+def sweep_job(args: argparse.Namespace, cfg: Config) -> Job:
+    """One content image under every combination of ``args.sweep``: one problem per cell, each
+    written to ``OUT-<k>``, with the labelled sheet at ``-o`` and the index ``OUT.json``."""
     if len(args.content) != 1 or Path(args.content[0]).is_dir() or args.all_pairs:
         raise JaxstyleError("--sweep takes one content image (and no --all-pairs)")
     if args.resume or args.gif:
@@ -120,59 +119,22 @@ def run_sweep(args: argparse.Namespace, cfg: Config, watcher=None) -> int:
     if "style_blend_weights" in axes and (args.style_masks or args.content_map):
         raise JaxstyleError("with masks or maps each style has its own area, so there is no blend "
                             "to sweep; drop --sweep style-blend-weights or the masks")
-    inputs = [*args.content, *args.style, args.init_image, *guidance_inputs(args)]
+    content = Path(args.content[0])
+    inputs = [content, *map(Path, args.style), *([Path(args.init_image)] if args.init_image else []),
+              *map(Path, guidance_inputs(args))]
     output = image_io.check_output_path(args.output, inputs, args.bit_depth)
     files = cell_paths(output, len(cells))
     for f in files:
         image_io.check_output_path(f, inputs)
     index = output.with_suffix(".json")
     image_io.check_output_path(index.with_suffix(".png"), inputs)  # same directory, writable
-
-    long_side = max(cfg.all_scales)
-    content = image_io.load_image(args.content[0], long_side, role="content image")
-    style_long = max(16, round(cfg.style_scale * long_side))
-    styles = [image_io.load_image(s, style_long, role="style image") for s in args.style]
-    init_image = (image_io.load_image(args.init_image, long_side, role="init image")
-                  if args.init_image else None)
-    guide = load_guidance(args, cfg, long_side, style_long)
-    stop = StopRequest()
-    with stop.on_ctrl_c():  # Ctrl-C stops between compiled chunks (see `StopRequest`)
-        vgg = load_network(args, args.quiet)
-        labels = [[f"{name}={_show(v)}" for name, v in zip(names, settings.values())]
-                  for settings, _ in cells]
-        if watcher is not None:
-            watcher.start([" ".join(lbl) for lbl in labels], {"sweep": dict(args.sweep)})
-        total = len(cells) * cfg.total_iterations
-        bar = progress_bar(total, "it", args.quiet, desc=f"sweep {len(cells)}")
-        per_cell = cfg.total_iterations
-
-        def on_progress(p: sweep_lib.SweepProgress) -> None:
-            step = cfg.iterations_before(p.progress.scale_index) + p.progress.iteration
-            bar.update(p.first * per_cell + p.count * step - bar.n)  # earlier cells are done
-            if watcher is not None:
-                watcher.progress(p.progress, range(p.first, p.first + p.count))
-            if stop.requested:  # Ctrl-C: stop here, between compiled chunks
-                raise KeyboardInterrupt
-
-        every = tuple(k for k in (args.print_iter, args.save_iter) if k)
-        results = sweep_lib.stylize_sweep(vgg, content, styles, [c for _, c in cells],
-                                          batch_size=args.batch_size, init_image=init_image,
-                                          on_progress=on_progress, every=every,
-                                          guidance=guide, bucket=True)  # as `stylize` does
-    bar.close()
-    images = [r.images[0] for r in results]
-    for image, f in zip(images, files):
-        image_io.save_image(image, f, inputs, args.bit_depth)
-    image_io.save_image(contact_sheet(images, labels), output, inputs, args.bit_depth)
-    listing = [{"file": f.name, "settings": {name: (list(v) if isinstance(v, tuple) else v)
-                                             for name, v in zip(names, settings.values())}}
-               for f, (settings, _) in zip(files, cells)]
-    atomic_write(index, lambda fh: fh.write((json.dumps(listing, indent=1) + "\n").encode()))
-    diverged = [lbl for lbl, r in zip(labels, results) if r.diverged[0]]
-    for lbl in diverged:
-        warn(f"the loss of {' '.join(lbl)} became NaN or infinite; kept its last finite image")
-    if watcher is not None:
-        watcher.finish()
-    print(f"wrote {output} ({len(cells)} cells), {files[0].name} … {files[-1].name} and {index.name}",
-          file=sys.stderr if args.quiet else sys.stdout)
-    return EXIT_ERROR if diverged else 0
+    labels = tuple(tuple(f"{name}={_show(v)}" for name, v in zip(names, settings.values()))
+                   for settings, _ in cells)
+    listing = tuple({"file": f.name, "settings": {name: (list(v) if isinstance(v, tuple) else v)
+                                                  for name, v in zip(names, settings.values())}}
+                    for f, (settings, _) in zip(files, cells))
+    problems = tuple(Problem(content, 0, cell, f, " ".join(label))
+                     for (_, cell), f, label in zip(cells, files, labels))
+    return Job("sweep", problems, (tuple(map(Path, args.style)),), "content image",
+               Path(args.init_image) if args.init_image else None, tuple(inputs),
+               Sheet(output, labels, index, listing), swept=dict(args.sweep))

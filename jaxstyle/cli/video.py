@@ -21,7 +21,8 @@ import numpy as np
 
 from jaxstyle import image_io
 from jaxstyle.cli import inputs
-from jaxstyle.cli import stylize as stylize_cli
+from jaxstyle.cli.jobs import check_memory
+from jaxstyle.cli.stylize_flags import add_stylize_flags, config_from_args
 from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, enable_compilation_cache,
                                  load_network, non_negative_float, positive, progress_bar)
 from jaxstyle.errors import JaxstyleError
@@ -57,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="output video (.mp4, .mov, .mkv, .avi: H.264; .webm: VP9), or a folder "
                         "for PNG frames")
-    stylize_cli.add_stylize_flags(p, exclude=NOT_FOR_FILMS)
+    add_stylize_flags(p, exclude=NOT_FOR_FILMS)
     g = p.add_argument_group("video")
     g.add_argument("--temporal-weight", type=non_negative_float, metavar="W",
                    help="weight of the temporal term Σc(x−ω)²/(H·W·3) on [0,1] pixels (default "
@@ -122,12 +123,12 @@ def run(args: argparse.Namespace) -> int:
     long_side, height, width = _film_size(args, info)
     if args.image_size is None and not args.scales:
         args.image_size = long_side
-    cfg = stylize_cli.config_from_args(args)
+    cfg = config_from_args(args)
     if min(height, width) < 16:
         raise JaxstyleError(f"the frames are {width}x{height} at {long_side} px; VGG-19 needs 16 px "
                             "on the short side: raise --image-size")
     inputs.check_guidance_flags(args, cfg, has_content=True)
-    stylize_cli.check_memory(cfg, height, width, num_styles=len(args.style))
+    check_memory(cfg, height, width, num_styles=len(args.style))
     enable_compilation_cache(args)
     style_long = max(16, round(cfg.style_scale * long_side))
     styles = [image_io.load_image(s, style_long, role="style image") for s in args.style]

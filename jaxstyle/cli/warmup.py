@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxstyle import buckets, image_io
 from jaxstyle.cli import stylize as stylize_cli
+from jaxstyle.cli.stylize_flags import add_stylize_flags, config_from_args
 from jaxstyle.cli.common import enable_compilation_cache, positive
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.imageops import fit_long_side
@@ -50,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "`jaxstyle stylize` with these flags needs for photos of the "
                                    "given aspect ratios, so that later runs start without "
                                    "compiling. Takes `jaxstyle stylize`'s flags.")
-    stylize_cli.add_stylize_flags(p, exclude=NOT_FOR_WARMUP)
+    add_stylize_flags(p, exclude=NOT_FOR_WARMUP)
     g = p.add_argument_group("warmup")
     g.add_argument("--aspect", type=aspect, nargs="+", metavar="W:H",
                    help=f"photo shapes to compile for (default {' '.join(DEFAULT_ASPECTS)}; "
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     enable_compilation_cache(args)
     if args.no_compile_cache:
         raise JaxstyleError("warmup fills the compilation cache: drop --no-compile-cache")
-    cfg = stylize_cli.config_from_args(args)
+    cfg = config_from_args(args)
     aspects = args.aspect or [aspect(a) for a in DEFAULT_ASPECTS]
     sizes = bucket_sizes(aspects, max(cfg.all_scales))
     folder = args.folder_batch
