@@ -7,8 +7,9 @@ weights see inputs ~1/1000 as large, so their features and losses are far smalle
 and style weights (e.g. 1e4 and 1e9) when using them.
 
 The CLI maps its flags one to one onto these fields (``--content-weight`` → ``content_weight``).
-Errors name a setting as ``Config.<field>`` (``Config.init_image``, ``Config.scales=256,512``); the
-CLI shows each as its flag (``--init-image``, ``--scales 256,512``: `cli.common.in_flag_words`).
+Errors name a setting as ``Config.<field>`` (``Config.scales=256,512``); the CLI shows each as
+its flag (``--scales 256,512``: `cli.common.in_flag_words`). The config holds no file names:
+images (content, styles, a start image, masks) are arrays the caller passes in.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class Config:
         never more than ``num_iterations``).
       style_scale: style images are resized to ``style_scale × image_size`` on their long side.
       init: "content", "noise" (uniform, from ``seed``), "style" (the first style image resized to
-        the content's size) or "image" (``init_image``, resized likewise).
+        the content's size) or "image" (the ``init_image`` array given to `stylize.stylize_batch`,
+        resized likewise).
       original_colors: keep the content image's colours (luminance transfer, as neural-style).
       color_match: recolour each style image to the content's RGB mean and covariance before the
         transfer (Gatys et al. 2017, section 5; `imageops.match_colors`). One content image per run.
@@ -140,7 +142,6 @@ class Config:
     coarse_iterations: int | None = None
     style_scale: float = 1.0
     init: Init = "content"
-    init_image: str | None = None
     seed: int = 0
     original_colors: bool = False
     color_match: bool = False
@@ -242,8 +243,6 @@ def validate(cfg: Config) -> None:
     _check_choice("init", cfg.init, INITS)
     _check_choice("pooling", cfg.pooling, vgg19.POOLINGS)
     _check_choice("compute dtype", cfg.compute_dtype, DTYPES)
-    if cfg.init == "image" and not cfg.init_image:
-        raise ConfigError("init 'image' needs an init image: set Config.init_image")
     if cfg.learning_rate is not None and not cfg.learning_rate > 0:
         raise ConfigError(f"learning rate must be > 0; got {cfg.learning_rate}")
     if cfg.lbfgs_memory < 1:

@@ -78,14 +78,14 @@ def check_fits(cfg: Config, height: int, width: int, available: int, where: str,
     if need <= available:
         return
     size = largest_fitting_size(cfg, height, width, available, problems, num_styles)
-    hint = (f"--image-size {size} would fit" if size else "even 16 px would not fit")
+    hint = (f"Config.image_size={size} would fit" if size else "even 16 px would not fit")
     extra = ""
     if cfg.optimizer == "lbfgs" and cfg.lbfgs_memory > 20:
         pair = (24 + LBFGS_TEMP_BYTES_PER_PAIR) // (
             2 if cfg.lbfgs_history_dtype == "bfloat16" else 1)
-        extra = f", or lower --lbfgs-memory (its history is {pair} bytes per pixel per pair)"
+        extra = f", or lower Config.lbfgs_memory (its history is {pair} bytes per pixel per pair)"
     if problems > 1:
-        extra += ", or lower --batch-size"
+        extra += ", or run fewer problems per batch (a smaller batch size)"
     raise JaxstyleError(
         f"a {width}x{height} run needs about {need / GIB:.1f} GiB but {where} has "
         f"{available / GIB:.1f} GiB available; {hint}{extra}")
@@ -165,7 +165,7 @@ def plan(cfg: Config, height: int, width: int, available: int, where: str = "the
     available: bytes free per device; max_memory: a cap on it (``--max-memory``: emulate a
     smaller card); modes: those the caller can run."""
     if max_memory is not None:
-        available, where = min(available, max_memory), f"{where} (--max-memory)"
+        available, where = min(available, max_memory), f"{where} (capped at {max_memory / GIB:.2f} GiB)"
     need = run_bytes(cfg, height, width, problems, num_styles)
     if need <= available:
         return Plan("one", need, available, where=where)

@@ -106,7 +106,8 @@ def initial_images(cfg: Config, contents: Array, styles: Sequence[Array],
     else:
         source = styles[0] if cfg.init == "style" else init_image
         if source is None:
-            raise ValueError("init 'image' needs an init image")
+            raise ConfigError("Config.init 'image' starts from an image: pass its array as "
+                              "init_image")
         start = _broadcast_start(contents, resize(jnp.asarray(source, jnp.float32), h, w))
     # Laid out like the contents (a jitted function's output on a one-device mesh is not), as
     # `optimize.run_steps` returns its state: else the second chunk compiles a second program.
@@ -272,7 +273,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         content_host = np.asarray(contents[0])
         styles = [match_colors(np.asarray(s), content_host) for s in styles]
     if guidance is not None and cfg.style_loss != "gram":
-        raise ConfigError(f"masks and maps guide Gram matrices; --style-loss {cfg.style_loss} "
+        raise ConfigError(f"masks and maps guide Gram matrices; Config.style_loss={cfg.style_loss} "
                           "cannot take them yet: drop one of them")
     if guidance is not None and len(guidance.style_masks) != len(styles):
         raise ConfigError(f"the guidance has {len(guidance.style_masks)} style entries for "

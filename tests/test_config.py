@@ -28,7 +28,6 @@ def test_every_choice_field_is_typed_with_its_choices():
 
 
 @pytest.mark.parametrize("fields,library_words,cli_words", [
-    (dict(init="image"), "Config.init_image", "--init-image"),
     (dict(scales=(64, 32)), "Config.scales=256,512,1024", "--scales 256,512,1024"),
 ])
 def test_core_errors_name_the_field_and_the_cli_names_the_flag(fields, library_words, cli_words):
@@ -44,3 +43,19 @@ def test_in_flag_words_leaves_other_words_alone():
     assert in_flag_words("raise Config.lbfgs_memory or Config.image_size=64") == \
         "raise --lbfgs-memory or --image-size 64"
     assert {f.name for f in dataclasses.fields(Config)} >= {"lbfgs_memory", "image_size"}
+
+
+def test_the_config_holds_no_file_names_and_an_image_start_needs_its_array():
+    """Images are arrays the caller passes (the CLI reads the files): init "image" is a valid
+    setting on its own, and starting without the array is a one-line ConfigError."""
+    import numpy as np
+
+    from jaxstyle.stylize import initial_images
+
+    assert not any("path" in f.name or f.name.endswith("_image") for f in dataclasses.fields(Config))
+    cfg = Config(init="image")
+    contents = np.zeros((1, 8, 8, 3), np.float32)
+    with pytest.raises(ConfigError, match="init_image"):
+        initial_images(cfg, contents, [contents[0]], None)
+    start = np.full((4, 4, 3), 0.5, np.float32)
+    assert np.allclose(np.asarray(initial_images(cfg, contents, [contents[0]], start)), 0.5)

@@ -29,7 +29,7 @@ def test_estimate_grows_with_size_history_and_batch_and_the_named_size_fits():
     size = memory.largest_fitting_size(cfg, 3000, 4000, available)
     h, w = round(3000 * size / 4000), size
     assert memory.run_bytes(cfg, h, w) <= available < memory.run_bytes(cfg, h + 12, w + 16)
-    with pytest.raises(JaxstyleError, match=f"--image-size {size} would fit"):
+    with pytest.raises(JaxstyleError, match=f"Config.image_size={size} would fit"):
         memory.check_fits(cfg, 1500 * 3, 2000 * 3, available, "this host")
     memory.check_fits(cfg, 3 * size // 4, size, available, "this host")  # fits: no error
 
@@ -104,7 +104,7 @@ def test_the_plan_picks_one_device_then_several_then_tiles_then_refuses():
     with pytest.raises(JaxstyleError, match="would fit") as e:
         memory.plan(cfg, 512, 512, 64 * GIB, where="this host",
                     max_memory=memory.run_bytes(cfg, 512, 512) - 1, modes=("one",))
-    assert "--max-memory" in str(e.value) and "\n" not in str(e.value)
+    assert "capped at" in str(e.value) and "\n" not in str(e.value)
     # Where only one device may be used, the refusal names the size that fits, as check_fits.
     with pytest.raises(JaxstyleError, match="would fit"):
         memory.plan(cfg, 2172, 2896, 24 * GIB, devices=4, modes=("one",))

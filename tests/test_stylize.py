@@ -117,7 +117,7 @@ def test_noise_init_is_deterministic_and_position_independent(vgg, content, styl
 @pytest.mark.parametrize("init", ["content", "style", "image"])
 def test_init_starts_from_the_chosen_image(vgg, content, styles, init):
     init_image = smooth_image(50, 35, seed=11)
-    cfg = dataclasses.replace(FROZEN, init=init, init_image="init.png" if init == "image" else None)
+    cfg = dataclasses.replace(FROZEN, init=init)
     out = stylize.stylize(vgg, content, styles, cfg, init_image=init_image)
     source = {"content": content, "style": styles[0], "image": init_image}[init]
     expected = image_io.resize(source, 24, 32)  # resized (aspect not kept) to the content's size

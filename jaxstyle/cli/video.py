@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     style_long = max(16, round(cfg.style_scale * long_side))
     styles = [image_io.load_image(s, style_long, role="style image") for s in args.style]
     guide = inputs.load_guidance(args, cfg, long_side, style_long)
-    init_image = (image_io.load_image(cfg.init_image, long_side, role="init image")
+    init_image = (image_io.load_image(args.init_image, long_side, role="init image")
                   if cfg.init == "image" else None)
 
     folder = Path(str(output) + FRAMES_SUFFIX)
