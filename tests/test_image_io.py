@@ -10,9 +10,9 @@ from PIL import Image, ImageOps
 
 from jaxstyle import files, image_io
 from jaxstyle.errors import JaxstyleError
+from jaxstyle.imageops import fit_long_side
 from jaxstyle.image_io import (
     check_output_path,
-    fit_long_side,
     load_image,
     original_colors,
     resize,
