@@ -3,7 +3,9 @@
 Tensors are the `jaxstyle.models.transformer` parameters, named by their path (``res1/conv1/kernel``,
 HWIO float32). The string metadata holds ``format`` ("jaxstyle-net"), ``version``,
 ``architecture``, ``width``, ``base`` (channels), ``styles`` (JSON list of the style file names),
-``loss`` (JSON: layers, weights, normalization, image size ...) and ``steps`` (steps trained).
+``loss`` (JSON: layers, weights, normalization, image size ..., and the stability term of
+``jaxstyle train --temporal-weight``: ``temporal_weight`` and ``temporal_motion``, the random
+motions it was trained under; see `temporal`) and ``steps`` (steps trained).
 Written through `files.atomic_write`; reading anything else is a one-line `JaxstyleError`.
 """
 
@@ -34,6 +36,36 @@ class Net:
     styles: tuple[str, ...] = ()
     loss: dict = dataclasses.field(default_factory=dict)
     steps: int = 0
+
+
+def temporal(net: Net) -> dict | None:
+    """What the network was trained for under motion: {"weight": float (0: no stability term),
+    "motion": {"max_shift", "max_degrees", "max_scale"} or None, "history": [[first_step, weight],
+    ...] when a resumed run changed the weight}; None for a file written before it was recorded."""
+    if "temporal_weight" not in net.loss:
+        return None
+    weight = float(net.loss["temporal_weight"])
+    return {"weight": weight, "motion": net.loss.get("temporal_motion") if weight else None,
+            "history": net.loss.get("temporal_weight_history")}
+
+
+def describe(net: Net) -> str:
+    """One line about ``net``: its styles, steps, width and temporal (video) training."""
+    t = temporal(net)
+    if t is None:
+        video = "temporal weight not recorded (a file from before it was)"
+    elif not t["weight"]:
+        video = "temporal weight 0 (not trained for stability under motion)"
+    else:
+        m = t["motion"]
+        video = f"temporal weight {t['weight']:g} " + (
+            f"(random motions: shift <= {m['max_shift']:g} px, rotation <= {m['max_degrees']:g} "
+            f"deg, scale +-{100 * m['max_scale']:g} %)" if m else "(motions not recorded)")
+    if t is not None and t["history"]:
+        video += ", changed on resume: " + ", ".join(f"{w:g} from step {s}"
+                                                    for s, w in t["history"])
+    styles = ", ".join(net.styles) or "?"
+    return f"style {styles}; {net.steps} steps; width {net.width:g}; {video}"
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ stable under a shift than without it."""
 from __future__ import annotations
 
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 
@@ -95,3 +96,63 @@ def test_training_with_the_term_is_more_stable_under_a_shift(keras_safetensors):
                                   for dx, dy in ((5, 3), (-2, 1), (1, -4))])
     # The network trained with the term moves its output with a moved photo more exactly.
     assert errors[1e8] < 0.5 * errors[None], errors
+
+
+# ----------------------------------------------------------------------------------------------
+# The temporal weight is part of the network: recorded in the NET file, checked on --resume.
+
+
+def one_line(err: str, *fragments: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("jaxstyle: error: "), err
+    assert all(f in lines[0] for f in fragments), lines[0]
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_temporal_weight_is_recorded_and_resume_refuses_another(capsys, keras_safetensors,
+                                                                tmp_path):
+    from helpers import run_cli as run
+    from helpers import write_random_image
+
+    from jaxstyle import netfile
+
+    photo_dir = tmp_path / "photos"
+    photo_dir.mkdir()
+    for i in range(2):
+        write_random_image(photo_dir / f"p{i}.png", (18, 20), i)
+    style = write_random_image(tmp_path / "style.png", (20, 20), 7)
+    net = tmp_path / "net.safetensors"
+    base = ["train", style, "--data", photo_dir, "--weights", keras_safetensors,
+            "--image-size", 16, "--batch-size", 2, "--width", 0.25, "--content-layers",
+            "relu1_2", "--style-layers", "relu1_1", "-q", "-o", net]
+    one_line(run(capsys, *base, "--steps", 1, "--change-temporal-weight")[2], "--resume")
+    code, _, err = run(capsys, *base, "--steps", 1, "--temporal-weight", 1e3,
+                       "--checkpoint-every", 1)
+    assert code == 0, err
+    recorded = netfile.temporal(netfile.load(net))
+    # The weight and the motions it was trained under (train.Motion's documented defaults).
+    assert recorded == {"weight": 1e3, "history": None,
+                        "motion": {"max_shift": 8.0, "max_degrees": 2.0, "max_scale": 0.03}}
+    code, out, _ = run(capsys, "apply", net, "--info")
+    assert code == 0 and "temporal weight 1000" in out and "shift <= 8 px" in out, out
+
+    # Another weight (or none: the default 0) on --resume: one line naming the flag to give.
+    for other in ([], ["--temporal-weight", 10]):
+        one_line(run(capsys, *base, "--steps", 2, "--resume", *other)[2],
+                 "--temporal-weight 1000", "--change-temporal-weight")
+    # Asked for explicitly, it continues, and the file says from which step each weight held.
+    code, _, err = run(capsys, *base, "--steps", 2, "--resume", "--change-temporal-weight",
+                       "--checkpoint-every", 1)
+    assert code == 0, err
+    loaded = netfile.load(net)
+    assert loaded.steps == 2
+    assert netfile.temporal(loaded)["weight"] == 0 and netfile.temporal(loaded)["motion"] is None
+    assert netfile.temporal(loaded)["history"] == [[0, 1e3], [1, 0.0]]
+    code, out, _ = run(capsys, "apply", net, "--info")
+    assert "temporal weight 0" in out and "1000 from step 0" in out, out
+    # A network written before the weight was recorded says so.
+    legacy = netfile.Net(loaded.params, loaded.width, loaded.styles,
+                         {k: v for k, v in loaded.loss.items() if not k.startswith("temporal")},
+                         loaded.steps)
+    assert netfile.temporal(legacy) is None and "not recorded" in netfile.describe(legacy)

@@ -33,8 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Stylize images (files or folders of them, e.g. video frames) "
                                    "in one forward pass of a trained network.")
     p.add_argument("net", help="NET file (.safetensors) written by `jaxstyle train`")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of them")
-    p.add_argument("-o", "--output", required=True,
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="image files or folders of them, or one film")
+    p.add_argument("--info", action="store_true",
+                   help="print what the network was trained on and for (styles, steps, temporal "
+                        "weight for video) and exit")
+    p.add_argument("-o", "--output",
                    help="output image for one input; a directory (an existing one, or a path "
                         "ending with /) for several or one (each named after its input)")
     p.add_argument("--image-size", type=positive(int),
@@ -65,6 +69,13 @@ def output_path(outdir: Path, path: Path, bit_depth: int = 8) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     net = netfile.load(args.net)
+    if args.info:
+        print(f"{args.net}: {netfile.describe(net)}")
+        return 0
+    if not args.inputs or not args.output:
+        raise JaxstyleError("apply needs INPUT... and -o OUTPUT (or --info)")
+    if not args.quiet:  # what the network is, e.g. whether it was trained for video
+        print(f"network: {netfile.describe(net)}", file=sys.stderr)
     if len(args.inputs) == 1 and Path(args.inputs[0]).suffix.lower() in FILM_SUFFIXES:
         from jaxstyle.cli.video import apply_film  # a film: streamed through the network
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -80,6 +81,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"write OUTPUT{CHECKPOINT_SUFFIX} every N steps (also written on Ctrl-C)")
     g.add_argument("--resume", action="store_true",
                    help=f"continue from OUTPUT{CHECKPOINT_SUFFIX} (same data, seed and settings)")
+    g.add_argument("--change-temporal-weight", action="store_true",
+                   help="with --resume: continue the checkpoint under a different "
+                        "--temporal-weight (e.g. fine-tune a trained network for video); the NET "
+                        "file records from which step each weight applied")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     g.add_argument("--log-dir", metavar="DIR",
                    help="TensorBoard event files (the loss terms every --print-iter steps, the "
@@ -108,7 +113,36 @@ def loss_metadata(cfg: Config, args: argparse.Namespace) -> dict:
             "image_size", "style_scale", "pooling", "learning_rate", "seed", "compute_dtype")
     meta = {k: getattr(cfg, k) for k in keys}
     meta.update(batch_size=args.batch_size, width=args.width, weights=str(args.weights or "default"))
+    # The stability term (`train.Motion`) is part of what the network learnt: `netfile.temporal`.
+    meta.update(temporal_weight=float(args.temporal_weight),
+                temporal_motion=dataclasses.asdict(train_lib.Motion()))
     return json.loads(json.dumps(meta))  # tuples -> lists, as they come back from the file
+
+
+TEMPORAL_KEYS = ("temporal_weight", "temporal_motion", "temporal_weight_history")
+
+
+def check_temporal(path: Path, saved: dict, meta: dict, change: bool, step: int) -> dict:
+    """``meta`` for a run resumed from the checkpoint settings ``saved`` at ``step``: the same
+    temporal weight, or with ``change`` (--change-temporal-weight) the new one, its history
+    recorded. A different weight without ``change`` is a one-line error."""
+    old = saved.get("temporal_weight")
+    if change:
+        history = saved.get("temporal_weight_history") or [[0, old]]
+        if old != meta["temporal_weight"]:
+            history = [*history, [step, meta["temporal_weight"]]]
+        return {**meta, "temporal_weight_history": history} if len(history) > 1 else meta
+    if old is None:
+        raise JaxstyleError(f"--resume: checkpoint '{path}' has no record of its --temporal-weight "
+                            "(written before it was recorded); add --change-temporal-weight to "
+                            "continue it with --temporal-weight "
+                            f"{meta['temporal_weight']:g}, or drop --resume")
+    if old != meta["temporal_weight"]:
+        raise JaxstyleError(f"--resume: checkpoint '{path}' was trained with --temporal-weight "
+                            f"{old:g}, not {meta['temporal_weight']:g}; give --temporal-weight "
+                            f"{old:g}, or add --change-temporal-weight to continue it with the "
+                            "new weight")
+    return {**meta, **{k: saved[k] for k in ("temporal_weight_history",) if k in saved}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,9 +159,12 @@ def save_checkpoint(path: Path, params, opt_state, step: int, position: int, met
                                           **arrays))
 
 
-def load_checkpoint(path: Path, params, opt_state, meta: dict, inputs: dict):
-    """(params, opt_state, step, position) from ``path``; the trees give the structure. Refused
-    (the file kept) when its settings or style images are not ``meta``'s and ``inputs``'."""
+def load_checkpoint(path: Path, params, opt_state, meta: dict, inputs: dict,
+                    change_temporal: bool = False):
+    """(params, opt_state, step, position, meta) from ``path``; the trees give the structure.
+    Refused (the file kept) when its settings or style images are not ``meta``'s and ``inputs``'
+    (the temporal weight may differ with ``change_temporal``: `check_temporal`); the returned
+    ``meta`` carries the temporal weight's history."""
     if not path.exists():
         raise JaxstyleError(f"--resume: no checkpoint '{path}' (one is written by "
                             "--checkpoint-every and on Ctrl-C); run without --resume")
@@ -146,14 +183,17 @@ def load_checkpoint(path: Path, params, opt_state, meta: dict, inputs: dict):
     except Exception as e:
         raise JaxstyleError(f"--resume: checkpoint '{path}' is damaged or from another network "
                             f"({' '.join(str(e).split())[:120]}); delete it or use the same --width")
+    meta = check_temporal(path, saved, meta, change_temporal, step)
     for key in sorted(set(saved) | set(meta)):
+        if key in TEMPORAL_KEYS and (change_temporal or key != "temporal_motion"):
+            continue  # checked above
         if saved.get(key) != meta.get(key):
             raise JaxstyleError(f"--resume: checkpoint '{path}' was made with a different "
                                 f"{key.replace('_', '-')} ({saved.get(key)!r}); use the same "
                                 "flags or drop --resume")
     resume.check_inputs(path, {**saved_inputs, "content": []}, {**inputs, "content": []})
     params, opt_state = jax.tree.unflatten(treedef, leaves)
-    return params, opt_state, step, position
+    return params, opt_state, step, position, meta
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,6 +213,8 @@ def check_output(output: Path, args: argparse.Namespace, files: list[Path]) -> N
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.change_temporal_weight and not args.resume:
+        raise JaxstyleError("--change-temporal-weight continues a checkpoint: use it with --resume")
     cfg = config_from_args(args)
     output = Path(args.output)
     files = data.list_images(args.data)
@@ -210,8 +252,8 @@ def train(args: argparse.Namespace, cfg: Config, output: Path, files: list[Path]
     opt_state = train_lib.init_optimizer(params, args.learning_rate)
     step, position = 0, 0
     if args.resume:
-        params, opt_state, step, position = load_checkpoint(checkpoint, params, opt_state, meta,
-                                                            made_from)
+        params, opt_state, step, position, meta = load_checkpoint(
+            checkpoint, params, opt_state, meta, made_from, args.change_temporal_weight)
         if step >= args.steps:
             raise JaxstyleError(f"--resume: checkpoint '{checkpoint}' is at step {step}, not before "
                                 f"--steps {args.steps}; raise --steps to continue it")
