@@ -95,6 +95,11 @@ class Config:
         by less than this fraction over the last ``stop_window`` steps; 0 never stops early.
         ``num_iterations`` stays the cap.
       stop_window: that window, in steps.
+      stop_change: a problem stops when its image, as an 8-bit file would hold it
+        (round(255·x)), changed by less than this many levels on average (mean absolute change
+        over the photo's values, padding excluded) since ``stop_window`` steps earlier; checked
+        every ``stop_window`` steps. It follows the picture, whatever the loss weights; 0 never
+        stops. With ``stop_tolerance`` too, a problem stops when either rule says so.
       average: if > 0, the result is the bias-corrected exponential moving average of the iterates
         with this decay (e.g. 0.9), which removes the high-frequency noise of the last steps.
       keep_best: the result is the iterate with the lowest loss evaluated (for non-monotone
@@ -151,6 +156,7 @@ class Config:
 
     stop_tolerance: float = 0.0
     stop_window: int = 50
+    stop_change: float = 0.0
     average: float = 0.0
     keep_best: bool = False
     style_loss: StyleLoss = "gram"
@@ -267,6 +273,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"style scale must be > 0; got {cfg.style_scale}")
     if not cfg.stop_tolerance >= 0:
         raise ConfigError(f"stop tolerance must be >= 0; got {cfg.stop_tolerance}")
+    if not cfg.stop_change >= 0:
+        raise ConfigError(f"stop change must be >= 0 levels; got {cfg.stop_change}")
     if cfg.stop_window < 1:
         raise ConfigError(f"stop window must be >= 1 step; got {cfg.stop_window}")
     if not 0 <= cfg.average < 1:

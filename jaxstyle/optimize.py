@@ -88,26 +88,26 @@ class RunState:
 
 
 def init_state(images: Array, method: Method, rules: "Rules | None" = None,
-               tolerance: float = 0.0, decay: float = 0.0) -> RunState:
+               tolerance: float = 0.0, decay: float = 0.0, change: float = 0.0) -> RunState:
     """images: float32[P, H, W, 3] in [0, 1], one starting image per problem. With ``rules``,
-    the state is tracked too (as `init_tracking` with ``tolerance`` and ``decay``), in the same
-    compiled program."""
+    the state is tracked too (as `init_tracking` with ``tolerance``, ``decay`` and ``change``),
+    in the same compiled program."""
     # `run_steps` donates the state: every leaf needs a buffer of its own, which the outputs of
     # one jitted call are (built eagerly and then copied, the L-BFGS history briefly took twice its
     # memory: +0.6 GB at 512 px). Dtypes are explicit (no weak types), so the state that
     # `run_steps` returns matches this one and never recompiles.
     state = _fresh_state(jnp.asarray(images, jnp.float32), method, rules,
-                         np.float32(tolerance), np.float32(decay))
+                         np.float32(tolerance), np.float32(decay), np.float32(change))
     return _shard_like(state, images)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _fresh_state(images: Array, method: Method, rules: "Rules | None" = None,
-                 tolerance: Array = 0.0, decay: Array = 0.0) -> RunState:
+                 tolerance: Array = 0.0, decay: Array = 0.0, change: Array = 0.0) -> RunState:
     state = _fresh_untracked(images, method)
     if rules is not None:
         state = dataclasses.replace(state, track=_fresh_tracking(state.image, rules, tolerance,
-                                                                 decay))
+                                                                 decay, change))
     return state
 
 
@@ -380,7 +380,8 @@ def _progress_of(diverged: Array, stopped: Array | None, count: Array | None):
 class Rules:
     """The static part of the tracking: what `init_tracking` allocates (so, shapes).
 
-    window: the convergence window in steps (the length of the loss history ring).
+    window: the convergence window in steps (the length of the loss history ring, and the
+      picture rule's interval).
     average: keep an exponential moving average of the iterates (its decay is a runtime value).
     keep_best: keep the iterate with the lowest loss evaluated so far.
     """
@@ -391,11 +392,14 @@ class Rules:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Rules":
-        return cls(cfg.stop_window, cfg.average > 0, cfg.keep_best)
+    picture: keep the 8-bit image of ``window`` steps ago, for the picture rule (its threshold,
+      ``change``, is a runtime value).
+        return cls(cfg.stop_window, cfg.average > 0, cfg.keep_best, cfg.stop_change > 0)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
+    picture: bool = False
 class Tracking:
     """Per-problem tracking state (leading problem axis P, like `RunState`).
 
@@ -409,6 +413,9 @@ class Tracking:
     average: float32[P, H, W, 3] the (not yet bias-corrected) average, or None.
     best_image: float32[P, H, W, 3] the iterate ``best_loss`` was evaluated at, or None.
     """
+    change_limit: float32[P]; the picture rule: a problem stops when its 8-bit image changed by
+      less than this many levels on average (`picture_change`) over the last ``window`` steps,
+      checked every ``window`` steps (0: never stops). Either rule stops a problem.
 
     tolerance: Array
     decay: Array
@@ -416,19 +423,27 @@ class Tracking:
     best_loss: Array
     history: Array
     stopped: Array
+    change: float32[P] the picture's last measured change (`picture_change`; NaN before the first).
+    snapshot: uint8[P, H, W, 3] the 8-bit image at the last multiple of ``window`` steps (the
+      start before that), or None without the picture rule.
     average: Array | None
     best_image: Array | None
 
 
 def init_tracking(state: RunState, rules: Rules, tolerance: float = 0.0,
-                  decay: float = 0.0) -> RunState:
+                  decay: float = 0.0, change: float = 0.0) -> RunState:
     """``state`` with a fresh `Tracking` (laid out like its images). `init_state` with ``rules``
     makes both in one program."""
-    track = _fresh_tracking_jit(state.image, rules, np.float32(tolerance), np.float32(decay))
+    track = _fresh_tracking_jit(state.image, rules, np.float32(tolerance), np.float32(decay),
+                                np.float32(change))
     return dataclasses.replace(state, track=_shard_like(track, state.image))
+    change_limit: Array | None = None
+    change: Array | None = None
+    snapshot: Array | None = None
 
 
-def _fresh_tracking(images: Array, rules: Rules, tolerance: Array, decay: Array) -> Tracking:
+def _fresh_tracking(images: Array, rules: Rules, tolerance: Array, decay: Array,
+                    change: Array = 0.0) -> Tracking:
     p = images.shape[0]
     full = lambda value, dtype, shape=(): jnp.full((p,) + shape, value, dtype)  # noqa: E731
     return Tracking(
@@ -436,7 +451,29 @@ def _fresh_tracking(images: Array, rules: Rules, tolerance: Array, decay: Array)
         count=full(0, jnp.int32), best_loss=full(jnp.inf, jnp.float32),
         history=full(jnp.inf, jnp.float32, (rules.window,)), stopped=full(False, bool),
         average=jnp.zeros_like(images) if rules.average else None,
-        best_image=jnp.array(images, copy=True) if rules.keep_best else None)
+        best_image=jnp.array(images, copy=True) if rules.keep_best else None,
+        change_limit=full(change, jnp.float32) if rules.picture else None,
+        change=full(jnp.nan, jnp.float32) if rules.picture else None,
+        snapshot=to_8bit(images) if rules.picture else None)
+
+
+def to_8bit(image: Array) -> Array:
+    """uint8 of the same shape: ``image`` (float in [0, 1]) as an 8-bit file holds it,
+    round(255·x) (what `image_io.save_image` writes)."""
+    return jnp.round(jnp.clip(image, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
+def picture_change(new: Array, old: Array, valid: Array | None = None) -> Array:
+    """float32[]: the mean absolute change, in 8-bit levels, between two 8-bit images of ONE
+    problem (uint8[H, W, C]), over the photo's values only: ``valid`` [H, W] (nonzero where the
+    photo is, `jaxstyle.buckets`; None: everywhere), so that a padded image's frozen padding does
+    not dilute the mean."""
+    diff = jnp.abs(new.astype(jnp.int32) - old.astype(jnp.int32)).astype(jnp.float32)
+    if valid is None:
+        return jnp.mean(diff)
+    weight = (valid != 0).astype(jnp.float32)[..., None]
+    count = jnp.sum(weight) * diff.shape[-1]
+    return jnp.sum(diff * weight) / jnp.maximum(count, 1.0)
 
 
 _fresh_tracking_jit = jax.jit(_fresh_tracking, static_argnums=1)
@@ -446,7 +483,8 @@ def tracked_step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec:
                  method: Method, dtype=jnp.float32, step_scale: Array | None = None) -> RunState:
     """`step` for ONE problem (no problem axis), then the tracking: a stopped problem stays frozen
     (image, loss, step count); otherwise the best loss and its iterate, the loss history, the
-    average and the convergence test are updated. The `Rules` are read off the tracking state's
+    average and the convergence tests (the loss rule; the picture rule every ``window`` steps)
+    are updated. The `Rules` are read off the tracking state's
     structure (the history's length, which of average / best image it holds)."""
     track = state.track
     window = track.history.shape[-1]
@@ -475,8 +513,18 @@ def tracked_step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec:
     if best_image is not None:
         best_image = jnp.where(improved, state.image, best_image)
     track = Tracking(tolerance=track.tolerance, decay=track.decay, count=count,
+    change, snapshot = track.change, track.snapshot
+    if snapshot is not None:  # the picture rule: every `window` steps, the 8-bit image's change
+        due = applied & (count % window == 0)
+        now = to_8bit(new.image)
+        valid = None if targets.valid is None else targets.valid["level0"][0]
+        moved = picture_change(now, snapshot, valid)
+        change = jnp.where(due, moved, change)
+        snapshot = jnp.where(due, now, snapshot)
+        converged = converged | (due & (moved < track.change_limit))
                      best_loss=best_loss, history=history, stopped=track.stopped | converged,
-                     average=average, best_image=best_image)
+                     average=average, best_image=best_image, change_limit=track.change_limit,
+                     change=change, snapshot=snapshot)
     return dataclasses.replace(new, track=track)
 
 

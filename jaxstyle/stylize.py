@@ -88,7 +88,7 @@ class Result:
 
 def tracked(cfg: Config) -> bool:
     """Whether ``cfg`` needs `optimize.Tracking` (early stop, average or best iterate)."""
-    return cfg.stop_tolerance > 0 or cfg.average > 0 or cfg.keep_best
+    return cfg.stop_tolerance > 0 or cfg.stop_change > 0 or cfg.average > 0 or cfg.keep_best
 
 
 def initial_images(cfg: Config, contents: Array, styles: Sequence[Array],
@@ -357,7 +357,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         # memory of a pyramid is its last scale's, not the sum of two.
         state = None
         state = (optimize.init_state(images, method, optimize.Rules.from_config(cfg),
-                                     cfg.stop_tolerance, cfg.average) if tracked(cfg)
+                                     cfg.stop_tolerance, cfg.average, cfg.stop_change)
+                 if tracked(cfg)
                  else optimize.init_state(images, method))
         if temporal is not None:  # the terms the loss reports include "temporal"
             state = dataclasses.replace(state, terms={**state.terms,
