@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from typing import Callable, Sequence
 
 import jax
@@ -24,7 +25,7 @@ from jax.sharding import NamedSharding
 from jaxstyle import guidance as guidance_lib
 from jaxstyle import buckets, losses, optimize
 from jaxstyle.config import Config, check_sweep
-from jaxstyle.errors import ConfigError
+from jaxstyle.errors import ConfigError, JaxstyleWarning
 from jaxstyle.imageops import fit_long_side, match_colors, original_colors, resize
 from jaxstyle.models import vgg19
 
@@ -60,11 +61,16 @@ class Progress:
 @dataclasses.dataclass(frozen=True)
 class Start:
     """Where a resumed run starts: at ``scale_index`` after ``iteration`` steps, from ``images``
-    float32[P, h, w, 3] (any size: resized to that scale)."""
+    float32[P, h, w, 3] (any size: resized to that scale). ``state``: the leaves of the run's
+    `optimize.RunState` at that point (host arrays, in `jax.tree_util` order), so that the
+    optimizer's memory (Adam's moments, the L-BFGS history) and the stopping rule's record go on
+    as if never stopped; used when they fit this run (the same optimizer, history and shapes),
+    else the run starts its optimizer afresh from ``images``. None: from ``images`` alone."""
 
     scale_index: int
     iteration: int
     images: np.ndarray
+    state: Sequence[np.ndarray] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,6 +371,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
                                                       "temporal": jnp.zeros_like(state.loss)})
         if diverged is not None:
             state = dataclasses.replace(state, diverged=diverged)
+        if start is not None and start.state is not None and index == start.scale_index:
+            state = restored_state(state, start.state)
         done = start.iteration if (start and index == start.scale_index) else 0
         report = None
         if on_progress is not None:
@@ -383,6 +391,23 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     converged = to_host(state.track.stopped) if state.track is not None else None
     return Result(images=images, diverged=to_host(state.diverged), loss=to_host(state.loss),
                   converged=converged, steps=to_host(state.step))
+
+
+def restored_state(fresh: optimize.RunState, leaves: Sequence[np.ndarray]) -> optimize.RunState:
+    """``fresh`` with a saved state's ``leaves`` (`Start.state`) where they have its structure,
+    shapes and dtypes, each laid out as ``fresh``'s; otherwise ``fresh`` itself, with a warning
+    (a resume under another optimizer or history length continues from the image alone)."""
+    fresh_leaves, treedef = jax.tree_util.tree_flatten(fresh)
+    fits = len(leaves) == len(fresh_leaves) and all(
+        np.shape(a) == b.shape and np.asarray(a).dtype == b.dtype
+        for a, b in zip(leaves, fresh_leaves))
+    if not fits:
+        warnings.warn("the saved optimizer state does not fit these settings (another optimizer "
+                      "or history length?); continuing from the saved image with a fresh one",
+                      JaxstyleWarning)
+        return fresh
+    return jax.tree_util.tree_unflatten(
+        treedef, [jax.device_put(np.asarray(a), b.sharding) for a, b in zip(leaves, fresh_leaves)])
 
 
 def _with_temporal(targets: losses.Targets, spec: losses.LossSpec, temporal: dict, h: int,

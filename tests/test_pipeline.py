@@ -116,3 +116,50 @@ def test_an_interrupted_sweep_keeps_each_started_cell(capsys, tmp_path, images, 
     # The first batch of two cells had started; the third cell and the sheet were not made.
     assert sorted(p.name for p in tmp_path.glob("sweep*")) == ["sweep-1.png", "sweep-2.png"]
     assert "2 of 3" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+@pytest.mark.parametrize("style_loss", ["gram", "w2"])
+def test_ctrl_c_then_resume_equals_the_uninterrupted_run(capsys, tmp_path, images,
+                                                         keras_safetensors, monkeypatch,
+                                                         optimizer, style_loss):
+    """The checkpoint holds the optimizer's whole state (Adam's moments, the L-BFGS history, the
+    stopping rule's record), so a resumed run goes on exactly as if never stopped."""
+    def argv(out, *extra):
+        return ["stylize", images["content"], "--style", images["style"], "--weights",
+                keras_safetensors, "-o", out, "--image-size", "32", "--num-iterations", "6",
+                "--print-iter", "2", "--optimizer", optimizer, "--style-loss", style_loss,
+                "--quiet", *extra]
+
+    whole = tmp_path / "whole.png"
+    code, _, err = run(capsys, *argv(whole))
+    assert code == 0, err
+    real = stylize_lib.stylize_batch
+    _interrupt_at_iteration(monkeypatch, 2)
+    resumed = tmp_path / "resumed.png"
+    code, _, err = run(capsys, *argv(resumed))
+    assert code == cli.EXIT_INTERRUPTED, err
+    stopped = np.asarray(Image.open(resumed))
+    monkeypatch.setattr(stylize_lib, "stylize_batch", real)
+    code, _, err = run(capsys, *argv(resumed, "--resume"))
+    assert code == 0, err
+    final, expected = np.asarray(Image.open(resumed)), np.asarray(Image.open(whole))
+    assert not np.array_equal(stopped, expected)  # the interruption came before the end
+    np.testing.assert_array_equal(final, expected)
+
+
+def test_resume_under_another_optimizer_continues_from_the_image_with_a_warning(
+        capsys, tmp_path, images, keras_safetensors, monkeypatch):
+    out = tmp_path / "r.png"
+    base = ["stylize", images["content"], "--style", images["style"], "--weights",
+            keras_safetensors, "-o", out, "--image-size", "32", "--num-iterations", "6",
+            "--print-iter", "2", "--quiet"]
+    real = stylize_lib.stylize_batch
+    _interrupt_at_iteration(monkeypatch, 2)
+    code, _, err = run(capsys, *base, "--optimizer", "adam")
+    assert code == cli.EXIT_INTERRUPTED, err
+    monkeypatch.setattr(stylize_lib, "stylize_batch", real)
+    code, _, err = run(capsys, *base, "--optimizer", "lbfgs", "--resume")
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("jaxstyle: warning: ")]
+    assert len(warned) == 1 and "fresh" in warned[0] and "Traceback" not in err, err

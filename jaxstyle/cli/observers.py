@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from jaxstyle.cli import resume
@@ -13,6 +14,7 @@ from jaxstyle.cli.common import progress_bar
 from jaxstyle.cli.pipeline import Event, Latest, Observer, Outcome, Outputs
 from jaxstyle.cli.watch import Watch
 from jaxstyle.config import Config
+from jaxstyle.stylize import Progress
 
 
 class ProgressBar(Observer):
@@ -77,7 +79,7 @@ class Snapshots(Observer):
         if self.every and p.iteration % self.every[0] == 0 and p.iteration < p.num_iterations:
             self.outputs.image(latest[0].image, snapshot_path(self.output, event.done))
             resume.save(self.checkpoint, latest[0].optimized[None], p.scale_index, p.iteration,
-                        self.cfg, self.made_from)
+                        self.cfg, self.made_from, state_leaves(p))
 
 
 class Checkpoint(Observer):
@@ -88,14 +90,32 @@ class Checkpoint(Observer):
     def __init__(self, outputs: Outputs, cfg: Config, made_from: dict):
         self.cfg, self.made_from = cfg, made_from
         self.path = resume.checkpoint_path(outputs.job.problems[0].output)
+        self.progress: Progress | None = None
+
+    def chunk(self, event: Event, latest: dict[int, Latest]) -> None:
+        # The state is fetched only if the run stops here: the L-BFGS history is large. Ctrl-C
+        # acts at the end of a chunk, before the next one takes over (donates) these buffers.
+        self.progress = event.progress
 
     def end(self, outcome: Outcome) -> None:
         at = outcome.latest.get(0)
         if outcome.interrupted and at is not None:
             resume.save(self.path, at.optimized[None], at.scale_index, at.iteration, self.cfg,
-                        self.made_from)
+                        self.made_from, state_leaves(self.progress))
         elif outcome.results is not None and not outcome.results[0].diverged[0]:
             self.path.unlink(missing_ok=True)
+
+
+def state_leaves(progress: Progress | None) -> list[np.ndarray] | None:
+    """The run's whole optimizer state on the host (`stylize.Start.state`), or None when its
+    buffers are gone (a later chunk took them over)."""
+    if progress is None:
+        return None
+    try:
+        return [np.asarray(progress.to_host(leaf))
+                for leaf in jax.tree_util.tree_leaves(progress.state)]
+    except RuntimeError:  # deleted (donated) buffers
+        return None
 
 
 class GifFrames(Observer):

@@ -5,7 +5,10 @@ field is checked, so that a damaged file is one line, never a traceback from JAX
 Fields (one .npz): ``images`` float[1, H, W, 3] (the images at scale ``scale_index``),
 ``scale_index`` and ``iteration`` (ints >= 0), ``config`` (the `Config` as JSON) and ``inputs``
 (JSON: the content and style images, each as its file name and the SHA-256 of the array the run
-loaded, so that a resume on other images is refused instead of stretched onto them).
+loaded, so that a resume on other images is refused instead of stretched onto them). Optionally
+the optimizer's whole state (`stylize.Start.state`): ``state_dtypes`` (JSON: one dtype name per
+leaf) and ``state_<i>`` (bfloat16 leaves stored as their uint16 bits), so that a resumed run goes
+on exactly as the uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -50,14 +53,43 @@ def inputs_record(content_paths: Sequence[str | Path], contents: Sequence[np.nda
     return {"content": entries(content_paths, contents), "styles": entries(style_paths, styles)}
 
 
-def save(path: Path, images, scale_index: int, iteration: int, cfg: Config, inputs: dict) -> None:
-    """The run's images and position, written atomically next to the output (for --resume)."""
+def save(path: Path, images, scale_index: int, iteration: int, cfg: Config, inputs: dict,
+         state: Sequence[np.ndarray] | None = None) -> None:
+    """The run's images and position, and its optimizer ``state`` (`stylize.Start.state`) when
+    given, written atomically next to the output (for --resume)."""
+    fields = {}
+    if state is not None:
+        leaves = [np.asarray(leaf) for leaf in state]
+        fields["state_dtypes"] = json.dumps([leaf.dtype.name for leaf in leaves])
+        for i, leaf in enumerate(leaves):
+            fields[f"state_{i}"] = leaf.view(np.uint16) if leaf.dtype.name == "bfloat16" else leaf
     atomic_write(path, lambda f: np.savez(
         f, images=np.asarray(images, np.float32), scale_index=scale_index, iteration=iteration,
-        config=json.dumps(dataclasses.asdict(cfg)), inputs=json.dumps(inputs)))
+        config=json.dumps(dataclasses.asdict(cfg)), inputs=json.dumps(inputs), **fields))
 
 
-def _read(path: Path) -> tuple[np.ndarray, int, int, dict, dict]:
+def _state(data) -> list[np.ndarray] | None:
+    """The saved optimizer state's leaves, or None when the checkpoint has none."""
+    if "state_dtypes" not in data.files:
+        return None
+    dtypes = json.loads(str(data["state_dtypes"]))
+    if not isinstance(dtypes, list) or any(f"state_{i}" not in data.files
+                                           for i in range(len(dtypes))):
+        raise Damaged("its optimizer state is incomplete")
+    leaves = []
+    for i, name in enumerate(dtypes):
+        leaf = data[f"state_{i}"]
+        if name == "bfloat16":
+            import ml_dtypes
+
+            leaf = leaf.view(ml_dtypes.bfloat16)
+        elif leaf.dtype.name != name:
+            raise Damaged(f"optimizer state leaf {i} is {leaf.dtype.name}, not {name}")
+        leaves.append(leaf)
+    return leaves
+
+
+def _read(path: Path) -> tuple[np.ndarray, int, int, dict, dict, list[np.ndarray] | None]:
     """The checked fields of a checkpoint; `Damaged` (or numpy's own error) when one is wrong."""
     with np.load(path, allow_pickle=False) as data:
         missing = [k for k in FIELDS if k not in data.files]
@@ -65,6 +97,7 @@ def _read(path: Path) -> tuple[np.ndarray, int, int, dict, dict]:
             raise Damaged(f"no {', '.join(missing)}")
         images, scale_index, iteration = data["images"], data["scale_index"], data["iteration"]
         saved, inputs = json.loads(str(data["config"])), json.loads(str(data["inputs"]))
+        state = _state(data)
     if not (np.issubdtype(images.dtype, np.floating) and images.ndim == 4
             and images.shape[0] == 1 and images.shape[-1] == 3):
         raise Damaged(f"images are {images.dtype}{list(images.shape)}, not float[1, H, W, 3]")
@@ -76,7 +109,7 @@ def _read(path: Path) -> tuple[np.ndarray, int, int, dict, dict]:
     if not (isinstance(inputs, dict) and all(isinstance(inputs.get(k), list)
                                               for k in ("content", "styles"))):
         raise Damaged("no record of its content and style images")
-    return images.astype(np.float32), int(scale_index), int(iteration), saved, inputs
+    return images.astype(np.float32), int(scale_index), int(iteration), saved, inputs, state
 
 
 def check_inputs(path: Path, saved: dict, now: dict) -> None:
@@ -100,7 +133,7 @@ def load(path: Path, cfg: Config, inputs: dict,
         raise JaxstyleError(f"--resume: no checkpoint '{path}' (one is written by --save-iter and "
                             "on Ctrl-C); run without --resume")
     try:
-        images, scale_index, iteration, saved, saved_inputs = _read(path)
+        images, scale_index, iteration, saved, saved_inputs, state = _read(path)
     except Exception as e:  # whatever numpy or json raise: a damaged file, for the user
         why = " ".join(str(e).split())[:160] or type(e).__name__
         raise JaxstyleError(f"--resume: checkpoint '{path}' is damaged ({why}); delete it") from None
@@ -118,4 +151,4 @@ def load(path: Path, cfg: Config, inputs: dict,
         raise JaxstyleError(f"--resume: checkpoint '{path}' is damaged (images of "
                             f"{images.shape[1]}x{images.shape[2]}, not {expected[0]}x"
                             f"{expected[1]}); delete it")
-    return stylize_lib.Start(scale_index, iteration, images)
+    return stylize_lib.Start(scale_index, iteration, images, state)
