@@ -54,7 +54,7 @@ NON_DEFAULTS = {
     "lbfgs_history_dtype": "bfloat16", "lbfgs_pyramid": "2", "num_iterations": "9",
     "image_size": "96", "num_scales": "2", "coarse_iterations": "4", "style_scale": "0.5",
     "init": "noise", "seed": "5", "original_colors": None, "color_match": None,
-    "pooling": "avg", "compute_dtype": "bfloat16", "stop_tolerance": "0.1", "stop_window": "3",
+    "pooling": "avg", "compute_dtype": "bfloat16", "stop_tolerance": "0.1", "stop_window": "3", "stop_change": "0.7",
     "average": "0.5", "keep_best": None, "style_loss": "w2", "exact_batch": None,
 }
 

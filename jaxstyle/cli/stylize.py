@@ -139,8 +139,12 @@ def stop_reason(result: stylize_lib.Result, cfg: Config, i: int = 0) -> str:
     if result.diverged[i]:
         return f"stopped at iteration {steps}: the loss became NaN or infinite"
     if result.converged is not None and result.converged[i]:
-        return (f"converged at iteration {steps} of {cfg.num_iterations}: the loss improved by "
-                f"less than {cfg.stop_tolerance:g} over the last {cfg.stop_window} iterations")
+        rules = ([f"the 8-bit image changed by less than {cfg.stop_change:g} levels"]
+                 if cfg.stop_change > 0 else [])
+        rules += ([f"the loss improved by less than {cfg.stop_tolerance:g}"]
+                  if cfg.stop_tolerance > 0 else [])
+        return (f"converged at iteration {steps} of {cfg.num_iterations}: {' or '.join(rules)} "
+                f"over the last {cfg.stop_window} iterations")
     return f"stopped at --num-iterations {cfg.num_iterations}"
 
 

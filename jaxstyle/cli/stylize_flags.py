@@ -66,6 +66,11 @@ def add_stylize_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                         f"(default {PRESETS['fast']['stop_tolerance']:g})")
     g.add_argument("--stop-window", type=positive(int), metavar="N",
                    help=f"default {PRESETS['fast']['stop_window']}")
+    g.add_argument("--stop-change", type=non_negative_float, metavar="LEVELS",
+                   help="stop when the image, as the 8-bit file holds it, changed by less than "
+                        "this many levels on average over the last --stop-window iterations "
+                        "(whatever the loss weights); 0: never (default "
+                        f"{PRESETS['fast'].get('stop_change', 0.0):g})")
     g.add_argument("--average", type=non_negative_float, metavar="DECAY",
                    help="the result is the bias-corrected moving average of the iterates with "
                         "this decay, e.g. 0.9 (default off)")
