@@ -163,3 +163,27 @@ def test_resume_under_another_optimizer_continues_from_the_image_with_a_warning(
     assert code == 0, err
     warned = [line for line in err.splitlines() if line.startswith("jaxstyle: warning: ")]
     assert len(warned) == 1 and "fresh" in warned[0] and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_an_image_too_large_for_memory_runs_in_tiles_or_says_how(capsys, tmp_path, images,
+                                                                 keras_safetensors):
+    """`--max-memory` emulates a small card: the plan (`memory.plan`) picks tiles for a run whose
+    settings tiles can run (Adam, one scale, explicit weights), says so in one line and writes
+    the photo's size; a default run that does not fit is refused in one line that names both
+    ways out (a smaller size, or the tiles' settings)."""
+    photo = write_random_image(tmp_path / "photo.png", (60, 80), 5)
+    out = tmp_path / "tiled.png"
+    base = ["stylize", photo, "--style", images["style"], "--weights", keras_safetensors,
+            "--image-size", "256", "--num-iterations", "1", "--max-memory", "1.15GB", "-q"]
+    code, _, err = run(capsys, *base, "-o", tmp_path / "plain.png")
+    assert code == 1 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "would fit" in lines[0] and "--optimizer adam" in lines[0], err
+    code, _, err = run(capsys, *base, "-o", out, "--optimizer", "adam", "--num-scales", "1",
+                       "--content-weight", "5")
+    assert code == 0, err
+    assert "tiles on one device" in err
+    with Image.open(out) as im:
+        assert im.size == (256, 192)
+        assert np.asarray(im).std() > 0

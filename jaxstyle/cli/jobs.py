@@ -9,6 +9,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import jax
+
 from jaxstyle import image_io, memory
 from jaxstyle.cli import resume
 from jaxstyle.cli.common import available_memory, warn
@@ -94,28 +96,69 @@ def many_images_job(args: argparse.Namespace, cfg: Config) -> Job:
 
 
 def check_memory(cfg: Config, height: int, width: int, problems: int = 1,
-                 num_styles: int = 1, max_memory: int | None = None) -> None:
-    """A one-line error before any work when the run cannot fit this host's (or device's) memory
-    (capped at ``max_memory`` bytes: ``--max-memory``, which also prints the plan's one line)."""
+                 num_styles: int = 1, max_memory: int | None = None,
+                 modes: tuple[str, ...] = ("one",)) -> memory.Plan:
+    """How the run fits this host's (or each device's) memory (capped at ``max_memory`` bytes:
+    ``--max-memory``), among ``modes``; a one-line error before any work when it cannot. The plan's
+    one line is printed when it is not the plain one-device run, or with ``--max-memory``."""
     available, where = available_memory()
-    chosen = memory.plan(cfg, height, width, available, where, problems=problems,
-                         num_styles=num_styles, max_memory=max_memory, modes=("one",))
-    if max_memory is not None:
+    chosen = memory.plan(cfg, height, width, available, where, devices=len(jax.devices()),
+                         problems=problems, num_styles=num_styles, max_memory=max_memory,
+                         modes=modes)
+    if max_memory is not None or chosen.mode != "one":
         print(f"jaxstyle: {chosen.line(width, height)}", file=sys.stderr)
+    return chosen
 
 
-def check_job_memory(job: Job, batch_size: int, max_memory: int | None) -> None:
-    """`check_memory` for the job, from the files' headers (before loading them)."""
+def memory_modes(job: Job, has_guidance: bool) -> tuple[str, ...]:
+    """The plans a job can run: one image may have its rows split over several devices
+    (`jaxstyle.spatial`) or run in tiles (`jaxstyle.tiles`) when it fits neither; those two run
+    a subset of the settings (see `pipeline.PLANNED`), so they are offered only for it."""
+    cfg = job.cfg
+    # Both run every iteration (no early stop) and return the last iterate.
+    if (job.kind != "one" or has_guidance or cfg.init == "image" or cfg.average > 0
+            or cfg.keep_best or cfg.original_colors or cfg.color_match):
+        return ("one",)
+    modes = ["one", "devices"]
+    if (cfg.optimizer == "adam" and cfg.loss_scale == "absolute" and cfg.style_loss == "gram"
+            and len(cfg.all_scales) == 1 and cfg.init in ("content", "noise")):
+        modes.append("tiles")
+    return tuple(modes)
+
+
+def check_job_memory(job: Job, batch_size: int, max_memory: int | None,
+                     has_guidance: bool = False) -> Job:
+    """`check_memory` for the job, from the files' headers (before loading them): the job with
+    the plan it runs under."""
     cfg = job.cfg
     long_side = max(cfg.all_scales)
     if job.kind == "many":  # the worst case, a square image, in full batches
         check_memory(cfg, long_side, long_side, min(batch_size, len(job.problems)),
                      max(len(g) for g in job.groups), max_memory=max_memory)
-        return
+        return job
     dims = image_io.image_dimensions(job.problems[0].content)
-    if dims is not None:
-        check_memory(cfg, *fit_long_side(*dims, long_side), num_styles=len(job.groups[0]),
-                     max_memory=max_memory)
+    if dims is None:
+        return job
+    size = fit_long_side(*dims, long_side)
+    modes = memory_modes(job, has_guidance)
+    try:
+        chosen = check_memory(cfg, *size, num_styles=len(job.groups[0]), max_memory=max_memory,
+                              modes=modes)
+    except JaxstyleError as e:
+        if "tiles" in modes or job.kind != "one" or has_guidance:
+            raise
+        # Would tiles fit? They run Adam at one scale with explicit weights: say how.
+        tiled = dataclasses.replace(cfg, optimizer="adam", loss_scale="absolute", num_scales=1,
+                                    scales=None, style_loss="gram")
+        available, _ = available_memory()
+        try:
+            memory.plan(tiled, *size, available, max_memory=max_memory, modes=("tiles",))
+        except JaxstyleError:
+            raise e from None
+        raise JaxstyleError(f"{e}; or run it in tiles on one device: --optimizer adam "
+                            "--num-scales 1 and explicit loss weights (e.g. --content-weight 5)"
+                            ) from None
+    return dataclasses.replace(job, plan=chosen)
 
 
 def load_inputs(job: Job, args: argparse.Namespace) -> tuple[Job, Inputs]:

@@ -43,13 +43,15 @@ class ProgressBar(Observer):
 
     def close(self, note: str = "") -> None:
         if note:
-            postfix = self.bar.postfix
+            postfix = getattr(self.bar, "postfix", None)  # unset on a disabled bar
             self.bar.set_postfix_str(f"{postfix}, {note}" if postfix else note, refresh=True)
         self.bar.close()
 
     def end(self, outcome: Outcome) -> None:
         if outcome.results is None:
             self.bar.close()
+        elif self.bar.n == 0:  # a run without per-chunk events (a memory plan's): all done
+            self.bar.update(self.bar.total)
 
 
 def snapshot_path(output: Path, iteration: int) -> Path:

@@ -22,7 +22,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from jaxstyle import batch, image_io
+from jaxstyle import batch, image_io, memory, spatial, tiles
 from jaxstyle import stylize as stylize_lib
 from jaxstyle import sweep as sweep_lib
 from jaxstyle.config import Config
@@ -69,6 +69,10 @@ class Job:
     inputs: every file the job reads (no output may overwrite one).
     sheet: a sweep's contact sheet and index; swept: its axes as given (flag -> values), logged.
     skipped: content files of a folder that could not be read (their problems are gone).
+    plan: how one image fits memory (`memory.plan`): None or mode "one" runs it as usual; mode
+      "devices" splits its rows over the devices (`jaxstyle.spatial`), "tiles" runs it in tiles
+      on one device (`jaxstyle.tiles`): both run every iteration (no early stop) without
+      per-chunk events, so the progress bar moves once at the end and Ctrl-C takes effect then.
     """
 
     kind: Kind
@@ -80,6 +84,7 @@ class Job:
     sheet: Sheet | None = None
     swept: dict | None = None
     skipped: tuple[Path, ...] = ()
+    plan: memory.Plan | None = None
 
     @property
     def cfg(self) -> Config:
@@ -233,6 +238,8 @@ def _run(vgg, job: Job, inputs: Inputs, report, on_scale, every, batch_size
     def step(p: stylize_lib.Progress) -> int:
         return cfg.iterations_before(p.scale_index) + p.iteration
 
+    if job.kind == "one" and job.plan is not None and job.plan.mode != "one":
+        return [_planned(vgg, job, inputs, styles[0])]
     if job.kind == "one":
         problem = job.problems[0]
         result = stylize_lib.stylize_batch(
@@ -263,6 +270,21 @@ def _run(vgg, job: Job, inputs: Inputs, report, on_scale, every, batch_size
             batch_size=batch_size, on_progress=on_batch, every=every,
             init_image=inputs.init_image, bucket=True)
     return results
+
+
+def _planned(vgg, job: Job, inputs: Inputs, styles: list[np.ndarray]) -> stylize_lib.Result:
+    """One image too large for one device's memory, as its plan says: rows split over the
+    devices, or tiles on one."""
+    cfg, content = job.cfg, inputs.contents[job.problems[0].content]
+    if job.plan.mode == "devices":
+        image, loss = spatial.stylize(vgg, content, styles, cfg)
+    else:
+        image = tiles.stylize(vgg, content, styles, cfg, size=job.plan.tile)
+        loss = np.nan  # not evaluated on the whole image
+    if image.shape[:2] != content.shape[:2]:  # spatial rounds the height to whole rows per device
+        image = image_io.resize(image, *content.shape[:2])
+    return stylize_lib.Result(images=image[None], diverged=np.asarray([not np.isfinite(image).all()]),
+                              loss=np.asarray([loss], np.float32))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 def run_job(args: argparse.Namespace, cfg: Config, watch: Watch | None, stop: StopRequest) -> int:
     job = plan(args, cfg)
     if job.kind != "sweep":
-        jobs.check_job_memory(job, args.batch_size, args.max_memory)
+        job = jobs.check_job_memory(job, args.batch_size, args.max_memory,
+                                    has_guidance=bool(args.style_masks or args.content_map))
     job, inputs = jobs.load_inputs(job, args)
     vgg = load_network(args, args.quiet)
     outputs = pipeline.Outputs(job, args.bit_depth)
