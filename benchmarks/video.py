@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -38,9 +39,11 @@ from jaxstyle.config import RELATIVE_WEIGHTS, from_preset
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def panning_film(photo: Path, frames: int, size: int, step: int) -> np.ndarray:
-    """float32[T, h, w, 3]: a 3:4 window of the photo sliding right by ``step`` px a frame."""
-    h, w = (3 * size) // 4 // 2 * 2, size
+def panning_film(photo: Path, frames: int, size: int, step: int,
+                 aspect: float = 0.75) -> np.ndarray:
+    """float32[T, h, w, 3]: a window (height ``aspect`` x its width) of the photo sliding right by
+    ``step`` px a frame."""
+    h, w = round(aspect * size) // 2 * 2, size
     image = image_io.load_image(photo, max(2 * size, w + step * frames + 8))
     y0 = (image.shape[0] - h) // 2
     return np.stack([image[y0:y0 + h, 4 + step * t:4 + step * t + w] for t in range(frames)])
@@ -71,7 +74,7 @@ def run(vgg, film, style, cfg, weight, independent):
     return np.stack(out), steps, times
 
 
-def run_segments(vgg, film, style, cfg, weight, plan, mesh, problems):
+def run_segments(vgg, film, style, cfg, weight, plan, mesh, problems, vmap=False):
     """The film in ``plan``'s segments as one batch of ``problems`` (padded) per step, as
     `jaxstyle video --segments` does; returns {"linear", "paced": the film cross-faded linearly
     or by `video.fade`} and seconds per step."""
@@ -84,13 +87,13 @@ def run_segments(vgg, film, style, cfg, weight, plan, mesh, problems):
         rows = active + [active[0]] * (problems - len(active))
         contents = np.stack([film[plan[k].first + i] for k in rows])
         if i == 0:
-            result = video.stylize_frames(vgg, contents, [style], cfg, mesh=mesh)
+            result = video.stylize_frames(vgg, contents, [style], cfg, mesh=mesh, vmap=vmap)
         else:
             prev = {k: video.Previous(*video.warped_start(
                 outs[k][-1], film[plan[k].first + i],
                 *dis.pair(film[plan[k].first + i - 1], film[plan[k].first + i]))) for k in active}
             result = video.stylize_frames(vgg, contents, [style], cfg, [prev[k] for k in rows],
-                                          weight, mesh=mesh)
+                                          weight, mesh=mesh, vmap=vmap)
         for row, k in enumerate(active):
             outs[k].append(video.quantize(result.images[row]))
         times.append(time.perf_counter() - start)
@@ -103,7 +106,7 @@ def run_segments(vgg, film, style, cfg, weight, plan, mesh, problems):
     return films, times
 
 
-def segments_report(vgg, film, style, cfg, flows, masks, n, overlap) -> dict:
+def segments_report(vgg, film, style, cfg, flows, masks, n, overlap, vmap=False) -> dict:
     plan = video.plan_segments(len(film), n, overlap)
     devices = jax.device_count()
     problems = -(-len(plan) // devices) * devices
@@ -112,9 +115,12 @@ def segments_report(vgg, film, style, cfg, flows, masks, n, overlap) -> dict:
     video.stylize_frames(vgg, film[:1], [style], cfg)
     run(vgg, film[:2], style, cfg, None, False)
     run_segments(vgg, film[:2 * problems], style, cfg, None,
-                 video.plan_segments(2 * problems, problems, 0), mesh, problems)
+                 video.plan_segments(2 * problems, problems, 0), mesh, problems, vmap)
+    loads = [os.getloadavg()[0]]  # other jobs' load: the machine may be shared
     one, _, times_one = run(vgg, film, style, cfg, None, False)
-    films, times_many = run_segments(vgg, film, style, cfg, None, plan, mesh, problems)
+    loads.append(os.getloadavg()[0])
+    films, times_many = run_segments(vgg, film, style, cfg, None, plan, mesh, problems, vmap)
+    loads.append(os.getloadavg()[0])
     work = sum(len(s) for s in plan)
     pairs_one = np.asarray(warp.pair_warping_errors(one, flows, masks))
     one_s, many_s = float(np.sum(times_one)), float(np.sum(times_many))
@@ -128,19 +134,46 @@ def segments_report(vgg, film, style, cfg, flows, masks, n, overlap) -> dict:
         seams = {s.first: [float(pairs[t - 1]) for t in range(s.first, s.first + s.overlap + 1)
                            if 1 <= t < len(film)] for s in plan[1:]}
         worst = max((max(v) for v in seams.values()), default=0.0)
+        # The same pairs of the one-segment film: a pair that is large there too is the film's
+        # (its flow), not the seam's.
+        over_same = max((pairs[t - 1] / pairs_one[t - 1] for s in plan[1:]
+                         for t in range(s.first, s.first + s.overlap + 1) if 1 <= t < len(film)),
+                        default=0.0)
         segmented[name] = dict(
             warping_error=float(np.mean(pairs)), median_pair=median, seam_pairs=seams,
             worst_seam_over_median=worst / median,
-            worst_seam_over_one_segment_median=worst / float(np.median(pairs_one)))
+            worst_seam_over_one_segment_median=worst / float(np.median(pairs_one)),
+            worst_seam_over_one_segment_same_pair=float(over_same))
     return dict(
-        devices=devices, segments=[[s.first, s.stop] for s in plan], overlap=overlap,
+        devices=devices, vmapped=vmap, load_average=loads, segments=[[s.first, s.stop] for s in plan], overlap=overlap,
         frames_of_work=work,
         one_segment=dict(seconds=one_s, seconds_per_frame=one_s / len(film),
                          warping_error=float(np.mean(pairs_one)),
+                         pairs=[float(x) for x in pairs_one],
                          median_pair=float(np.median(pairs_one))),
         segmented=segmented,
         time_per_frame_of_work_ratio=(many_s / work) / (one_s / len(film)),
         time_per_output_frame_ratio=(many_s / len(film)) / (one_s / len(film)))
+
+
+def reference_speed(script: Path, frame: np.ndarray, style_path: str, evals: int) -> dict:
+    """The PyTorch reference (neural-style-pt's loop, `torch_reference.py`) on ``frame``
+    (float32[S, S, 3]; it resizes to a square) with L-BFGS for ``evals`` evaluations after one
+    warm-up, on this machine: its JSON record plus the load average while it ran."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        content = Path(tmp) / "frame.png"
+        image_io.save_image(frame, content)
+        load_before = os.getloadavg()[0]
+        out = subprocess.run([sys.executable, str(script), "--size", str(frame.shape[1]),
+                              "--optimizer", "lbfgs", "--iters", str(evals), "--warmup", "1",
+                              "--content", str(content), "--style", style_path],
+                             capture_output=True, text=True, check=True).stdout
+    record = json.loads(out.strip().splitlines()[-1])
+    return {**record, "load_average": [load_before, os.getloadavg()[0]]}
 
 
 def style_distance(vgg, frames, style, layers) -> float:
@@ -172,6 +205,15 @@ def main(argv=None) -> None:
     p.add_argument("--overlap", type=int, default=8, help="with --segments (default 8)")
     p.add_argument("--skip-per-frame", action="store_true",
                    help="only the video path (speed and iterations; no flicker ratio)")
+    p.add_argument("--aspect", type=float, default=0.75,
+                   help="frame height / width (default 0.75; 1 with --reference: the same pixels)")
+    p.add_argument("--reference", type=Path,
+                   help="torch_reference.py: also time the PyTorch reference (L-BFGS from the "
+                        "first frame, no warm start) at the same size, after the video run")
+    p.add_argument("--reference-evals", type=int, default=5)
+    p.add_argument("--vmap", action="store_true",
+                   help="with --segments: the problems of one device vmapped, not one after "
+                        "another (jaxstyle video --vmap-segments)")
     p.add_argument("--stop-tolerance", type=float,
                    help="the fast preset's early-stopping rule (default: its 0.0025)")
     args = p.parse_args(argv)
@@ -179,7 +221,7 @@ def main(argv=None) -> None:
     extra = {} if args.stop_tolerance is None else dict(stop_tolerance=args.stop_tolerance)
     cfg = from_preset("fast", image_size=args.size, num_iterations=args.iterations,
                       loss_scale="relative", **RELATIVE_WEIGHTS, **extra)
-    film = panning_film(Path(args.content), args.frames, args.size, args.step)
+    film = panning_film(Path(args.content), args.frames, args.size, args.step, args.aspect)
     style = image_io.load_image(args.style, args.size)
     dis = flow.DISFlow("medium")
     pairs = [dis.pair(film[t - 1], film[t]) for t in range(1, len(film))]
@@ -189,7 +231,7 @@ def main(argv=None) -> None:
         report = dict(size=list(film.shape[1:3]), frames=len(film), step_px=args.step,
                       iterations_cap=args.iterations, device=str(jax.devices()[0]),
                       **segments_report(vgg, film, style, cfg, flows, masks, args.segments,
-                                        args.overlap))
+                                        args.overlap, args.vmap))
         print(json.dumps(report, indent=1))
         return
     video.stylize_frames(vgg, film[:1], [style], cfg)  # compile the first-frame program
@@ -216,7 +258,20 @@ def main(argv=None) -> None:
             iterations=steps, seconds=times,
             iterations_later_mean=float(np.mean(steps[1:])),
             later_over_first=float(np.mean(steps[1:]) / steps[0]),
-            seconds_first=times[0], seconds_per_later_frame=float(np.mean(times[2:] or times[1:])))
+            seconds_first=times[0], seconds_per_later_frame=float(np.mean(times[2:] or times[1:])),
+            seconds_per_later_iteration=float(np.mean(times[2:] or times[1:])
+                                              / np.mean(steps[2:] or steps[1:])),
+            load_average=os.getloadavg()[0])
+    if args.reference:
+        ref = reference_speed(args.reference, film[0], args.style, args.reference_evals)
+        report["reference"] = ref
+        for key, v in report["video"].items():
+            s_eval = ref["ms_per_eval"] / 1e3
+            v["reference_eval_over_later_iteration"] = s_eval / v["seconds_per_later_iteration"]
+            # A frame from scratch: as many evaluations as jaxstyle's first frame took (its
+            # coarse scales included), or neural-style's default 1000.
+            v["reference_seconds_per_frame"] = {
+                "evals_as_first_frame": s_eval * v["iterations_first"], "evals_1000": s_eval * 1e3}
     print(json.dumps(report, indent=1))
 
 

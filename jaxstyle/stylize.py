@@ -226,7 +226,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
                   to_host: Callable[[Array], np.ndarray] = np.asarray,
                   guidance: guidance_lib.Guidance | None = None,
                   temporal: dict | None = None, bucket: bool = False,
-                  on_scale: Callable[[int, int, int], None] | None = None) -> Result:
+                  on_scale: Callable[[int, int, int], None] | None = None,
+                  sequential: bool | None = None) -> Result:
     """Stylizes P content images of one size with the same styles, each its own problem.
 
     Args:
@@ -251,6 +252,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
       bucket: run each scale on its shape bucket (`jaxstyle.buckets`): the image padded to a
         compiled shape that photos of other aspect ratios share, the padding excluded from the
         loss and cropped from the result. Not with guidance or a film's frame.
+      sequential: problems one after another or vmapped (`optimize.over_problems`); None: the
+        backend's choice (`optimize.sequential_problems`).
 
     Returns:
       `Result` at the last scale's size.
@@ -271,7 +274,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     method = dataclasses.replace(optimize.Method.from_config(cfg), learning_rate=1.0)
     step_scale = np.asarray([c.step_size for c in cfgs], np.float32)
     sizes = scale_sizes(cfg, height, width)
-    sequential = optimize.sequential_problems(contents, cfg.exact_batch)
+    if sequential is None:
+        sequential = optimize.sequential_problems(contents, cfg.exact_batch)
     if cfg.color_match:
         if num_problems != 1:
             raise ConfigError("colour matching recolours the styles to one content image; run "

@@ -74,7 +74,8 @@ class Previous:
 def stylize_frames(vgg: vgg19.VGG, contents: np.ndarray, styles: Sequence[np.ndarray], cfg: Config,
                    previous: Sequence[Previous] | None = None, temporal_weight: float | None = None,
                    on_progress: Callable[[stylize_lib.Progress], None] | None = None,
-                   every: tuple[int, ...] = (), mesh=None, **kwargs) -> stylize_lib.Result:
+                   every: tuple[int, ...] = (), mesh=None, vmap: bool = False,
+                   **kwargs) -> stylize_lib.Result:
     """P frames (of P films, or P segments of one) as one batch, each its own problem.
 
     Args:
@@ -84,6 +85,8 @@ def stylize_frames(vgg: vgg19.VGG, contents: np.ndarray, styles: Sequence[np.nda
       temporal_weight: the temporal term's weight (None: `default_temporal_weight`).
       mesh: a device mesh (`segment_mesh`) to split the P problems over (P a multiple of its
         size); None: one device.
+      vmap: the problems of a device vmapped (they share each matrix product) instead of the
+        CPU's one after another (`optimize.over_problems`): faster for small frames on a CPU.
       kwargs: passed to `stylize.stylize_batch` (guidance, init_image, to_host).
 
     Returns:
@@ -97,6 +100,8 @@ def stylize_frames(vgg: vgg19.VGG, contents: np.ndarray, styles: Sequence[np.nda
         vgg = jax.device_put(vgg, NamedSharding(mesh, PartitionSpec()))
         kwargs.setdefault("to_host", _to_host)
     contents = shard_problems(contents, mesh)
+    if vmap:
+        kwargs["sequential"] = False
     if previous is None:
         return stylize_lib.stylize_batch(vgg, contents, styles, cfg, on_progress=on_progress,
                                          every=every, **kwargs)

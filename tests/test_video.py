@@ -303,14 +303,16 @@ def test_segment_plan_covers_the_film_with_weights_summing_to_one(frames, n, ove
                 (video.frame_sources(t, plan)[1] for t in range(28, 36))] == list(range(1, 9))
 
 
+@pytest.mark.parametrize("vmap", [(), ("--vmap-segments",)], ids=["in-turn", "vmapped"])
 def test_segments_on_one_device_join_without_a_seam(capsys, film, per_frame, keras_safetensors,
-                                                    tmp_path):
+                                                    tmp_path, vmap):
     """Two segments of the 6-frame pan on one device (they run one after another inside the
-    compiled loop): the frame count is kept, and the seam's warping error is of the order of the
-    film's other pairs (not of a per-frame stylization's)."""
+    compiled loop, or vmapped: sharing each matrix product): the frame count is kept, and the
+    seam's warping error is of the order of the film's other pairs (not of a per-frame
+    stylization's)."""
     out = tmp_path / "seg"
     code, _, err = run(capsys, *video_args(film, keras_safetensors, out, "--segments", 2,
-                                           "--overlap", 2))
+                                           "--overlap", 2, *vmap))
     assert code == 0, err
     frames = read_folder(out)
     assert frames.shape == (6, FH, FW, 3) and not Path(str(out) + ".frames").exists()

@@ -76,6 +76,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--overlap", type=non_negative_int, default=DEFAULT_OVERLAP, metavar="V",
                    help="frames each segment after the first also stylizes before its start, "
                         f"cross-faded with its neighbour's (default {DEFAULT_OVERLAP})")
+    g.add_argument("--vmap-segments", action="store_true",
+                   help="on a CPU, the segments of one device share each matrix product (vmapped) "
+                        "instead of running one after another: faster for small frames, not "
+                        "bit-identical to a segment run alone (docs/video.md)")
     p.set_defaults(run=run)
 
 
@@ -146,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
                     styles=[str(Path(s).resolve()) for s in args.style])
     if segments > 1:
         settings.update(segments=segments, overlap=args.overlap)
+        if args.vmap_segments:  # other rounding: a resume must keep it
+            settings.update(vmap_segments=True)
     done = 0
     if args.resume:
         try:
@@ -292,13 +298,15 @@ def _run_segments(args, source, output, folder, info, vgg, dis, styles, cfg, gui
             contents = np.stack([frames[k] for k in active + pad])
             if i == 0 or args.independent:
                 result = video.stylize_frames(vgg, contents, styles, cfg, guidance=guide,
-                                              init_image=init_image, mesh=mesh)
+                                              init_image=init_image, mesh=mesh,
+                                              vmap=args.vmap_segments)
             else:
                 previous = {k: video.Previous(*video.warped_start(
                     prev_out[k], frames[k], *dis.pair(prev_in[k], frames[k]))) for k in active}
                 result = video.stylize_frames(vgg, contents, styles, cfg,
                                               [previous[k] for k in active + pad],
-                                              args.temporal_weight, guidance=guide, mesh=mesh)
+                                              args.temporal_weight, guidance=guide, mesh=mesh,
+                                              vmap=args.vmap_segments)
             for row, k in enumerate(active):
                 index = plan[k].first + i
                 if result.diverged[row]:
