@@ -104,12 +104,16 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
     mesh = mesh or device_mesh()
     num_devices = mesh.devices.size
     final = cfg.all_scales[-1]
-    resized = [resize(np.asarray(c, np.float32), *fit_long_side(c.shape[0], c.shape[1], final))
+    # Bucketed, resized on the host: a jitted resize compiles for every photo's own shape.
+    fit = shape_buckets.resize if bucket else resize
+    resized = [fit(np.asarray(c, np.float32), *fit_long_side(c.shape[0], c.shape[1], final))
                for c in contents]
     buckets = bucket_by_shape({i: tuple(img.shape[:2]) for i, img in enumerate(resized)})
     sizes = {shape: len(keys) for shape, keys in buckets.items()}
     if bucket:  # photos of one padded shape run one after another, with one batch size
-        padded = {shape: shape_buckets.bucket_shape(*shape) for shape in buckets}
+        # A portrait shares the landscape's bucket (it runs transposed, `jaxstyle.buckets`):
+        # its batches have the landscapes' number of problems, so the same programs.
+        padded = {shape: shape_buckets.run_shape(*shape) for shape in buckets}
         sizes = {shape: sum(len(k) for s, k in buckets.items() if padded[s] == padded[shape])
                  for shape in buckets}
         buckets = dict(sorted(buckets.items(), key=lambda item: padded[item[0]]))

@@ -49,13 +49,16 @@ class Progress:
     state: optimize.RunState
     to_host: Callable[[Array], np.ndarray] = np.asarray
     size: tuple[int, int] | None = None  # a padded run's photo (h, w), at the top left
+    # A portrait run transposed (`jaxstyle.buckets`): ``state`` holds the transposed images.
+    transposed: bool = False
 
     @property
     def images(self) -> np.ndarray:
         """The result so far: the iterates, or their average / best when tracked with those
-        (the photo alone, its padding cropped)."""
+        (the photo alone, its padding cropped, in the photo's orientation)."""
         images = self.to_host(optimize.result_images(self.state))
-        return images if self.size is None else images[:, :self.size[0], :self.size[1]]
+        images = images if self.size is None else images[:, :self.size[0], :self.size[1]]
+        return np.ascontiguousarray(images.swapaxes(1, 2)) if self.transposed else images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +138,47 @@ def _noise_start(contents: Array, seed: Array) -> Array:
     return _broadcast_start(contents, start)
 
 
+def _bucket_start(cfgs: Sequence[Config], contents: Array, valid: np.ndarray,
+                  styles: Sequence[Array], init_image: np.ndarray | None, flip: bool,
+                  size: tuple[int, int], padded: tuple[int, int], fill: np.ndarray) -> Array:
+    """`initial_images` of a bucketed run, float32[P, H, W, 3] of the bucket's shape: every
+    program made here has the bucket's shape, not the photo's (resizes on the host), and the
+    padding holds ``fill``. contents: the padded photos; valid: float32[P, H, W], 1 on them;
+    flip: the run is a transposed portrait (the start is transposed like its contents)."""
+    if len({(c.init, c.seed) for c in cfgs}) > 1:  # a sweep over the start: problem by problem
+        return jnp.concatenate([_bucket_start([c], contents[i:i + 1], valid[i:i + 1], styles,
+                                              init_image, flip, size, padded, fill)
+                                for i, c in enumerate(cfgs)])
+    cfg = cfgs[0]
+    if cfg.init == "content":
+        return contents
+    if cfg.init == "noise":
+        start = _noise_in_bucket(contents, np.uint32(cfg.seed), valid)
+    else:
+        source = styles[0] if cfg.init == "style" else init_image
+        if source is None:
+            raise ConfigError("Config.init 'image' starts from an image: pass its array as "
+                              "init_image")
+        source = np.asarray(source, np.float32)
+        source = source.swapaxes(0, 1) if flip else source
+        one = buckets.pad_host(buckets.resize(source[None], *size), *padded, fill)
+        start = np.ascontiguousarray(np.broadcast_to(one, (contents.shape[0],) + one.shape[1:]))
+    sharding = getattr(contents, "sharding", None)
+    return jax.device_put(start, sharding) if isinstance(sharding, NamedSharding) else \
+        jnp.asarray(start)
+
+
+@jax.jit
+def _noise_in_bucket(contents: Array, seed: Array, valid: Array) -> Array:
+    """A uniform noise start on the photo (``valid`` float32[P, H, W] > 0), the contents' fill
+    on the padding, every problem the same draw. The noise is drawn in the landscape orientation
+    and transposed for a portrait, so a photo gets the same noise whichever way it runs."""
+    _, h, w, c = contents.shape
+    noise = jax.random.uniform(jax.random.key(seed), (min(h, w), max(h, w), c), jnp.float32)
+    noise = noise.swapaxes(0, 1) if h > w else noise
+    return jnp.where(valid[..., None] > 0, _broadcast_start(contents, noise), contents)
+
+
 def _content_targets(vgg, contents, spec, dtype, sequential, valid=None) -> dict:
     # Each content image's features as the same per-image program (see `optimize.over_problems`).
     if valid is None:
@@ -153,6 +197,18 @@ def _targets(vgg, contents, styles, blend, spec, dtype, sequential, valid=None):
         content=_content_targets(vgg, contents, spec, dtype, sequential, valid),
         style=losses.style_targets(vgg, [s[None] for s in styles], blend, spec,
                                    jnp.dtype(dtype)))
+
+
+# A bucketed run's targets, in two programs: a transposed portrait's content goes through the
+# transposed network (`buckets.transposed_network`), its styles through the network as it is
+# (their Grams do not depend on the photo's orientation). One program taking both networks
+# instead broke batch = alone in bfloat16 (Adam, 3 steps: 6e-4 apart).
+_bucket_content_targets = jax.jit(_content_targets, static_argnames=("dtype", "sequential"))
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _style_targets(vgg, styles, blend, spec, dtype):
+    return losses.style_targets(vgg, [s[None] for s in styles], blend, spec, jnp.dtype(dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("dtype", "sequential"))
@@ -291,34 +347,56 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     first_scale = start.scale_index if start else 0
     min_side = vgg19.min_input_side(spec.layers)
     state = None
-    previous = None  # a padded scale's photo size
+    previous = None  # a bucketed scale's photo size
     fill = buckets.fill_color(vgg.preprocessing)
+    bucketed = bucket and guidance is None and temporal is None
+    photos, photo_size = contents, (height, width)
+    # A portrait runs as the landscape it transposes to, on the landscape's programs: the image
+    # and its inputs transposed, the network's kernels too (`buckets.transposed_network`; the
+    # styles keep the network as it is: their Grams do not depend on the photo's orientation).
+    flip = bucketed and buckets.runs_transposed(height, width)
+    net = vgg
+    if flip:
+        contents, net = buckets.transpose(contents), buckets.transposed_network(vgg)
+        height, width = width, height
+        sizes = [(w, h) for h, w in sizes]
     for index in range(first_scale, len(sizes)):
         h, w = sizes[index]
         if min(h, w) < min_side and cfg.scales is None and index < len(sizes) - 1:
             continue  # a pyramid's coarse scale too small for a panorama: start finer
+        photo_hw = (w, h) if flip else (h, w)  # this scale's size in the photo's orientation
         if min(h, w) < min_side:
             raise ConfigError(
-                f"a {width}x{height} content image at {max(h, w)} px is {w}x{h}, too small for "
-                f"layer {spec.layers[-1]} (needs {min_side} px on the short side); raise the size")
+                f"a {photo_size[1]}x{photo_size[0]} content image at {max(h, w)} px is "
+                f"{photo_hw[1]}x{photo_hw[0]}, too small for layer {spec.layers[-1]} (needs "
+                f"{min_side} px on the short side); raise the size")
         if on_scale is not None:
-            on_scale(index, h, w)
-        scaled = resize(contents, h, w)
-        bucketed = bucket and guidance is None and temporal is None
+            on_scale(index, *photo_hw)
         padded = buckets.bucket_shape(h, w) if bucketed else (h, w)
-        unpadded = scaled
         valid = None
-        if bucketed:  # masks even where nothing is padded: one program for the whole bucket
-            scaled = buckets.pad(scaled, *padded, fill) if padded != (h, w) else scaled
-            valid = buckets.valid_masks((h, w), padded, spec.layers, num_problems)
         style_long = max(min_side, round(cfg.style_scale * max(h, w)))
-        scaled_styles = [resize(s, *style_size(s.shape[0], s.shape[1], style_long, min_side))
-                         for s in map(lambda s: jnp.asarray(s, jnp.float32), styles)]
+        if bucketed:  # masks even where nothing is padded: one program for the whole bucket
+            # Resized and padded on the host: no program of the photo's own shape.
+            scaled = buckets.refit(contents, (height, width), (h, w), padded, fill)
+            valid = buckets.valid_masks((h, w), padded, spec.layers, num_problems)
+            scaled_styles = [jnp.asarray(buckets.resize(
+                s, *style_size(s.shape[0], s.shape[1], style_long, min_side)))
+                for s in map(lambda s: np.asarray(s, np.float32), styles)]
+        else:
+            scaled = unpadded = resize(contents, h, w)
+            scaled_styles = [resize(s, *style_size(s.shape[0], s.shape[1], style_long, min_side))
+                             for s in map(lambda s: jnp.asarray(s, jnp.float32), styles)]
 
         def blended_targets(blend: tuple[float, ...]) -> losses.Targets:
+            blend = np.asarray(blend, np.float32)
+            if bucketed:
+                return losses.Targets(
+                    content=_bucket_content_targets(net, scaled, spec, cfg.compute_dtype,
+                                                    sequential, valid),
+                    style=_style_targets(vgg, scaled_styles, blend, spec, cfg.compute_dtype))
             if guidance is None:
-                return _targets(vgg, scaled, scaled_styles, np.asarray(blend, np.float32), spec,
-                                cfg.compute_dtype, sequential, valid)
+                return _targets(vgg, scaled, scaled_styles, blend, spec, cfg.compute_dtype,
+                                sequential, valid)
             return _guided_targets(
                 vgg, scaled, scaled_styles,
                 [None if m is None else guidance_lib.layer_masks(m, *st.shape[:2],
@@ -350,8 +428,16 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
             images = (resize(optimize.result_images(state), h, w) if previous is None else
                       buckets.refit(optimize.result_images(state), previous, (h, w), padded,
                                     fill))
+        elif start is not None and bucketed:  # the photo's orientation, any size
+            resumed = np.asarray(start.images, np.float32)
+            resumed = resumed.swapaxes(1, 2) if flip else resumed
+            images = buckets.like(buckets.pad_host(buckets.resize(resumed, h, w), *padded, fill),
+                                  contents)
         elif start is not None:
             images = resize(jnp.asarray(start.images, jnp.float32), h, w)
+        elif bucketed:
+            images = _bucket_start(cfgs, scaled, valid["level0"], scaled_styles, init_image, flip,
+                                   (h, w), padded, fill)
         else:
             firsts = scaled_styles
             images = (initial_images(cfg, unpadded, firsts, init_image)
@@ -360,7 +446,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
                                        for i, c in enumerate(cfgs)]))
         if images.shape[1:3] != tuple(padded):
             images = buckets.pad(images, *padded, fill)
-        previous = (h, w) if padded != (h, w) else None
+        previous = (h, w) if bucketed else None
         # A problem that diverged at a coarser scale stays frozen (its last finite image, resized).
         diverged = None if state is None else state.diverged
         # The coarser scale's L-BFGS history goes before this scale's is allocated: the peak
@@ -381,16 +467,18 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         report = None
         if on_progress is not None:
             report = lambda s, n, i=index: on_progress(  # noqa: E731
-                Progress(i, len(sizes), n, cfg.scale_iterations[i], s, to_host, previous))
+                Progress(i, len(sizes), n, cfg.scale_iterations[i], s, to_host, previous, flip))
         if not np.all(to_host(state.diverged)):
-            state = optimize.run(state, cfg.scale_iterations[index], vgg, targets, run_spec, method,
+            state = optimize.run(state, cfg.scale_iterations[index], net, targets, run_spec, method,
                                  cfg.compute_dtype, every, report, start=done,
                                  step_scale=step_scale, sequential=sequential)
     images = to_host(optimize.result_images(state))
     if previous is not None:  # the padding cropped: the photo's own size
         images = images[:, :previous[0], :previous[1]]
+    if flip:  # back to the portrait
+        images = np.ascontiguousarray(images.swapaxes(1, 2))
     if cfg.original_colors:
-        originals = to_host(resize(contents, *images.shape[1:3]))
+        originals = to_host(resize(photos, *images.shape[1:3]))
         images = np.asarray(original_colors(images, originals))
     converged = to_host(state.track.stopped) if state.track is not None else None
     return Result(images=images, diverged=to_host(state.diverged), loss=to_host(state.loss),

@@ -84,7 +84,6 @@ def stylize_sweep(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfgs:
     if cfgs[0].color_match:  # every cell has the same content: recolour the styles once
         styles = [match_colors(np.asarray(s), np.asarray(content)) for s in styles]
         cfgs = [dataclasses.replace(c, color_match=False) for c in cfgs]
-    content = jnp.asarray(content, jnp.float32)
     size = min(batch_size, len(cfgs))
     results: list[stylize_lib.Result] = []
     for first in range(0, len(cfgs), size):
@@ -94,8 +93,17 @@ def stylize_sweep(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfgs:
         if on_progress is not None:
             report = lambda p, f=first, n=len(real): on_progress(SweepProgress(f, n, p))  # noqa: E731
         result = stylize_lib.stylize_batch(
-            vgg, jnp.broadcast_to(content, (size,) + content.shape), styles, padded,
+            vgg, _copies(content, size), styles, padded,
             init_image=init_image, on_progress=report, every=every, guidance=guidance,
             bucket=bucket)
         results += [result.problem(i) for i in range(len(real))]
     return results
+
+
+def _copies(content: Array, count: int) -> Array:
+    """float32[H, W, 3] -> float32[count, H, W, 3], made on the host where it is held (an eager
+    broadcast compiled a program for every photo's shape)."""
+    if isinstance(content, np.ndarray) or getattr(content, "is_fully_addressable", False):
+        host = np.asarray(content, np.float32)
+        return jnp.asarray(np.ascontiguousarray(np.broadcast_to(host, (count,) + host.shape)))
+    return jnp.broadcast_to(jnp.asarray(content, jnp.float32), (count,) + content.shape)

@@ -63,12 +63,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def bucket_sizes(aspects, long_side: int) -> list[tuple[int, int]]:
-    """The distinct (h, w) buckets that photos of ``aspects`` ((w, h) ratios) run on at
-    ``long_side`` px, one photo size for each (the largest of its ratios)."""
+    """One photo size (h, w) for each distinct shape that photos of ``aspects`` ((w, h) ratios)
+    run on at ``long_side`` px (`buckets.run_shape`: a portrait runs transposed, on the
+    landscape's programs, so 3:4 adds nothing to 4:3)."""
     sizes = {}
     for w, h in aspects:
         photo = fit_long_side(h * 1000, w * 1000, long_side)
-        sizes.setdefault(buckets.bucket_shape(*photo), photo)
+        sizes.setdefault(buckets.run_shape(*photo), photo)
     return list(sizes.values())
 
 
