@@ -16,6 +16,7 @@ Each is pinned against the plain ``lax`` formulation by tests; they exist for sp
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -246,3 +247,99 @@ def _max_pool_bwd(residuals, g):
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
+
+
+# ReLU and max pooling that keep for the backward pass only what it needs (issue 27). With the
+# gradient taken for the image alone, a convolution's backward needs no activation (its input
+# gradient is a convolution of the output gradient); what XLA kept were the ReLUs' float32
+# inputs (for their masks) and the poolings' float32 inputs (for the choice of maxima): 512 B per
+# pixel at relu1_2 / pool1 alone.
+def _fenced(x: Array) -> Array:
+    """x, materialized when it is not float32. XLA's CPU backend computes a fusion of bfloat16
+    operations in float32 and rounds at its boundaries, so where a fusion ends changes the
+    result; fencing the ReLU's gradient keeps that boundary fixed whatever program it sits in
+    (a precaution for batch = alone, tests/test_invariants.py, which passes with it)."""
+    return x if x.dtype == jnp.float32 else lax.optimization_barrier(x)
+
+
+@jax.custom_vjp
+def relu_masked(x: Array) -> Array:
+    """ReLU that keeps a bool mask (1 byte an element instead of x's 4) for its backward: for
+    activations nothing else keeps. float[...] -> float[...], values and gradient as
+    `jax.nn.relu`'s (gradient 0 at 0)."""
+    return jnp.maximum(x, 0)
+
+
+def _relu_masked_fwd(x):
+    return jnp.maximum(x, 0), x > 0
+
+
+def _relu_masked_bwd(positive, g):
+    return (_fenced(jnp.where(positive, g, 0).astype(g.dtype)),)
+
+
+relu_masked.defvjp(_relu_masked_fwd, _relu_masked_bwd)
+
+
+@jax.custom_vjp
+def relu_kept(x: Array) -> Array:
+    """ReLU whose backward reads its mask off its output (y > 0 exactly where x > 0): for an
+    activation kept anyway (a Gram's input), so that its input need not be. Values and gradient
+    as `jax.nn.relu`'s."""
+    return jnp.maximum(x, 0)
+
+
+def _relu_kept_fwd(x):
+    y = jnp.maximum(x, 0)
+    return y, y
+
+
+def _relu_kept_bwd(y, g):
+    return (_fenced(jnp.where(y > 0, g, 0).astype(g.dtype)),)
+
+
+relu_kept.defvjp(_relu_kept_fwd, _relu_kept_bwd)
+
+
+def relu_max_pool(x: Array) -> Array:
+    """``pool2x2(relu(x), "max")`` keeping, for the backward, one uint8 per pooled element (bit k:
+    input k of its 2x2 window is a maximum, and that maximum is positive) instead of x and
+    relu(x): 1 byte per 4 input elements where JAX kept 8. float[B, H, W, C] ->
+    float[B, H//2, W//2, C]; the gradient equals JAX's for ``pool2x2(jax.nn.relu(x))``, ties
+    split equally."""
+    return _relu_max_pool(x, (x.shape[1] % 2, x.shape[2] % 2))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _relu_max_pool(x: Array, odd: tuple[int, int]) -> Array:
+    return _max_pool_plain(jnp.maximum(x, 0))
+
+
+def _window(x: Array) -> Array:
+    """float[B, H, W, C] -> [B, H//2, W//2, C, 4]: each 2x2 window's inputs (row-major)."""
+    b, h, w, c = x.shape
+    xs = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+    return xs.transpose(0, 1, 3, 5, 2, 4).reshape(b, h // 2, w // 2, c, 4)
+
+
+_BITS = np.array([1, 2, 4, 8], np.uint8)
+
+
+def _relu_max_pool_fwd(x, odd):
+    r = jnp.maximum(x, 0)
+    y = _max_pool_plain(r)
+    hit = (_window(r) == y[..., None]) & (y[..., None] > 0)
+    code = jnp.sum(jnp.where(hit, _BITS, np.uint8(0)), axis=-1, dtype=jnp.uint8)
+    return y, code
+
+
+def _relu_max_pool_bwd(odd, code, g):
+    b, h, w, c = code.shape
+    hit = (code[..., None] & _BITS) != 0  # [B, h, w, C, 4]
+    ties = jnp.maximum(jnp.sum(hit, axis=-1, keepdims=True), 1).astype(g.dtype)
+    dx = jnp.where(hit, g[..., None] / ties, 0).astype(g.dtype)
+    dx = dx.reshape(b, h, w, c, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(b, 2 * h, 2 * w, c)
+    return (jnp.pad(dx, ((0, 0), (0, odd[0]), (0, odd[1]), (0, 0))),)
+
+
+_relu_max_pool.defvjp(_relu_max_pool_fwd, _relu_max_pool_bwd)

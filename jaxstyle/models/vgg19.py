@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxstyle.errors import ConfigError
-from jaxstyle.kernels import PreparedKernel, conv3x3, pool2x2, prepare_kernel
+from jaxstyle.kernels import (PreparedKernel, conv3x3, pool2x2, prepare_kernel, relu_kept,
+                              relu_masked, relu_max_pool)
 
 __all__ = ["CONV_LAYERS", "CONV_SHAPES", "LAYER_NAMES", "POOLINGS", "Preprocessing", "VGG",
            "Conv3x3", "VGG19", "check_layers", "features", "truncate", "prepare", "init",
@@ -152,18 +153,38 @@ class VGG19(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> dict[str, Array]:
         last = max(LAYER_NAMES.index(name) for name in self.outputs)
-        wanted = set(self.outputs)
-        result = {}
-        for name in LAYER_NAMES[: last + 1]:
-            if name.startswith("conv"):
-                x = Conv3x3(CONV_SHAPES[name][1], dtype=self.dtype, name=name)(x)
-            elif name.startswith("relu"):
-                x = nn.relu(x)
+        conv = lambda name, x: Conv3x3(  # noqa: E731
+            CONV_SHAPES[name][1], dtype=self.dtype, name=name)(x)
+        return _layers(x, LAYER_NAMES[: last + 1], set(self.outputs), conv, self.pooling)[1]
+
+
+def _layers(x: Array, names: tuple[str, ...], wanted, conv, pooling: str) -> tuple[Array, dict]:
+    """The layers ``names`` on x, ``conv(name, x)`` for the convolutions: (output, {wanted:
+    activation}).
+
+    The ReLUs and poolings keep for the backward pass only what it needs (`kernels.relu_masked`,
+    `relu_kept`, `relu_max_pool`): a bool mask where the activation is not returned, the output
+    where it is (a Gram keeps it anyway), one uint8 per pooled element for a ReLU and max pooling
+    whose ReLU is not returned. Same values and gradients as `jax.nn.relu` and `pool2x2`."""
+    out = {}
+    skip = None
+    for i, name in enumerate(names):
+        if name == skip:
+            continue
+        if name.startswith("conv"):
+            x = conv(name, x)
+        elif name.startswith("relu"):
+            following = names[i + 1] if i + 1 < len(names) else None
+            if (following is not None and following.startswith("pool") and pooling == "max"
+                    and name not in wanted):
+                x, name, skip = relu_max_pool(x), following, following
             else:
-                x = pool2x2(x, self.pooling)
-            if name in wanted:
-                result[name] = x
-        return result
+                x = (relu_kept if name in wanted else relu_masked)(x)
+        else:
+            x = pool2x2(x, pooling)
+        if name in wanted:
+            out[name] = x
+    return x, out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,22 +255,15 @@ def _blocks(last: str) -> list[tuple[str, ...]]:
 def _run_block(x: Array, params: dict, prepared: dict, names: tuple[str, ...],
                wanted: tuple[str, ...], pooling: str, dtype) -> tuple[Array, dict]:
     """The layers ``names`` on x (the same operations as `VGG19`): (output, {wanted: activation})."""
-    out = {}
-    for name in names:
-        if name.startswith("conv"):
-            kernel, bias = params[name]["kernel"], params[name]["bias"]
-            p = prepared.get(name)
-            if dtype != jnp.float32:
-                kernel, bias = kernel.astype(dtype), bias.astype(dtype)
-                p = jax.tree.map(lambda a: a.astype(dtype), p)
-            x = conv3x3(x.astype(dtype), kernel, bias, p)
-        elif name.startswith("relu"):
-            x = nn.relu(x)
-        else:
-            x = pool2x2(x, pooling)
-        if name in wanted:
-            out[name] = x
-    return x, out
+    def conv(name, x):
+        kernel, bias = params[name]["kernel"], params[name]["bias"]
+        p = prepared.get(name)
+        if dtype != jnp.float32:
+            kernel, bias = kernel.astype(dtype), bias.astype(dtype)
+            p = jax.tree.map(lambda a: a.astype(dtype), p)
+        return conv3x3(x.astype(dtype), kernel, bias, p)
+
+    return _layers(x, names, set(wanted), conv, pooling)
 
 
 def _blockwise(vgg: VGG, x: Array, layers: tuple[str, ...], dtype) -> dict[str, Array]:
