@@ -24,11 +24,12 @@ from jaxstyle.imageops import fit_long_side
 
 GIB = 2**30
 # XLA temporaries per input pixel of one step (memory_analysis().temp_size_in_bytes / (h·w)),
-# measured on the CPU backend with `kernels.pool2x2`'s own VJP (issue 27, docs/performance.md):
-# Adam 2150 at 256 px; L-BFGS (the fast preset's 5-level pyramid) 3686 at 256 px with 50 pairs,
-# of which ~31 B per pixel per pair grow with the history (`LBFGS_TEMP_BYTES_PER_PAIR`: XLA's
-# step holds a second copy of most of the history; 2468 B at 10 pairs, 3716 at 50, 128 px).
-TEMP_BYTES_PER_PIXEL = {"lbfgs": 1800, "adam": 2200}
+# measured on the CPU backend (issue 27, docs/performance.md). With the ReLUs and poolings that
+# keep only masks for the backward (`kernels.relu_max_pool` etc.): Adam 1644 at 128 px (2180
+# before); L-BFGS (the fast preset's 5-level pyramid) 3180 at 128 px with 50 pairs, of which ~31 B
+# per pixel per pair grow with the history (`LBFGS_TEMP_BYTES_PER_PAIR`: XLA's step holds a
+# second copy of most of the history in `optimize.over_problems`' one-problem loop).
+TEMP_BYTES_PER_PIXEL = {"lbfgs": 1600, "adam": 1700}
 LBFGS_TEMP_BYTES_PER_PAIR = 32  # per input pixel, float32 pairs (half in bfloat16)
 FIXED_BYTES = int(1.0 * GIB)
 IMAGE_BYTES_PER_PIXEL = 12  # float32 RGB
