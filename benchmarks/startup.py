@@ -5,8 +5,10 @@ compilation cache in a temporary ``--cache-dir``:
 
   * ``cold``: an empty cache (a user's very first run);
   * ``warm``: the same command again (the cache holds every program);
-  * ``new_shape``: a content photo of another aspect ratio, the cache filled by ``cold`` (the
-    first photo of a new shape; with shape buckets it shares the first photo's programs);
+  * ``new_shape``: a content photo of another aspect ratio (3:4, a portrait, where the content
+    is a 4:3 landscape), the cache filled by ``cold`` and ``warm`` (the first photo of a new
+    shape; it runs transposed on the landscape's programs, see `jaxstyle.buckets`);
+  * ``new_shape_warm``: the same portrait again (a warm run of its own shape);
   * ``folder`` (``--folder N``): N photos in 4 aspect ratios into a directory, in one process.
 
 Each process is broken down from inside (a small wrapper around the CLI, ``child`` below): the
@@ -182,7 +184,8 @@ def main(argv=None) -> int:
     p.add_argument("--style", default="../shared/images/starry_night.jpg")
     p.add_argument("--weights", help="a weights file (default: random, real-size)")
     p.add_argument("--extra", default="", help="more stylize flags, one string")
-    p.add_argument("--skip", default="", help="comma-separated runs to skip: cold,warm,new_shape")
+    p.add_argument("--skip", default="",
+                   help="comma-separated runs to skip: cold,warm,new_shape,new_shape_warm")
     args = p.parse_args(argv)
     from benchmarks.inputs import shared_file, write_random_weights
 
@@ -196,7 +199,8 @@ def main(argv=None) -> int:
                   *args.extra.split()]
         cache = tmp / "cache"
         other = crops(content, tmp, 2)[1]  # 3:4, where the content is 4:3
-        runs = {"cold": [content], "warm": [content], "new_shape": [other]}
+        runs = {"cold": [content], "warm": [content], "new_shape": [other],
+                "new_shape_warm": [other]}
         results = {}
         for name, inputs in runs.items():
             if name in skip:
@@ -221,6 +225,14 @@ def main(argv=None) -> int:
         if "new_shape" in results and "warm" in results:
             summary["new_shape_over_warm"] = round(
                 results["new_shape"]["wall_s"] / results["warm"]["wall_s"], 2)
+        if "new_shape" in results and "new_shape_warm" in results:
+            summary["new_shape_over_its_warm"] = round(
+                results["new_shape"]["wall_s"] / results["new_shape_warm"]["wall_s"], 2)
+        for name, r in results.items():  # per-step speed: compiles subtracted
+            if r["run_steps_calls"]:
+                summary[f"{name}_steps_s"] = r["steps_s"]
+        if "new_shape" in results:
+            summary["new_shape_compiled"] = results["new_shape"]["compiled_by_name"]
         if "folder" in results:
             summary["folder_step_programs"] = results["folder"]["step_programs_compiled"]
         print(json.dumps({"summary": summary}), flush=True)

@@ -184,8 +184,15 @@ def transposed_network(vgg: vgg19.VGG) -> vgg19.VGG:
     leaves = jax.tree.leaves(vgg)
     if all(isinstance(x, np.ndarray) or getattr(x, "is_fully_addressable", False)
            for x in leaves):
-        return _transposed(vgg, np, lambda new, old: like(np.ascontiguousarray(new), old))
+        return _transposed(vgg, np, _put_like)
     return _transposed_jit(vgg)
+
+
+def _put_like(new: np.ndarray, old) -> jax.Array:
+    """``new`` placed as ``old`` is, committed to its devices only if ``old`` is: a committed
+    kernel where the landscape's was not made the programs' keys differ (each compiled again)."""
+    new = np.ascontiguousarray(new)
+    return like(new, old) if getattr(old, "_committed", True) else jax.device_put(new)
 
 
 def _transposed(vgg: vgg19.VGG, xp, put=lambda new, old: new) -> vgg19.VGG:
