@@ -384,27 +384,30 @@ class Rules:
       picture rule's interval).
     average: keep an exponential moving average of the iterates (its decay is a runtime value).
     keep_best: keep the iterate with the lowest loss evaluated so far.
+    picture: keep the 8-bit image of ``window`` steps ago, for the picture rule (its threshold,
+      ``change``, is a runtime value).
     """
 
     window: int = 50
     average: bool = False
     keep_best: bool = False
+    picture: bool = False
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Rules":
-    picture: keep the 8-bit image of ``window`` steps ago, for the picture rule (its threshold,
-      ``change``, is a runtime value).
         return cls(cfg.stop_window, cfg.average > 0, cfg.keep_best, cfg.stop_change > 0)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-    picture: bool = False
 class Tracking:
     """Per-problem tracking state (leading problem axis P, like `RunState`).
 
     tolerance: float32[P]; a problem stops when its best loss improved by less than this fraction
       over the last ``window`` steps (0: never stops).
+    change_limit: float32[P]; the picture rule: a problem stops when its 8-bit image changed by
+      less than this many levels on average (`picture_change`) over the last ``window`` steps,
+      checked every ``window`` steps (0: never stops). Either rule stops a problem.
     decay: float32[P], the average's decay.
     count: int32[P] steps applied since tracking began (a frozen or diverged problem stops counting).
     best_loss: float32[P] the lowest loss evaluated (+inf before the first step).
@@ -412,10 +415,10 @@ class Tracking:
     stopped: bool[P] converged and frozen.
     average: float32[P, H, W, 3] the (not yet bias-corrected) average, or None.
     best_image: float32[P, H, W, 3] the iterate ``best_loss`` was evaluated at, or None.
+    change: float32[P] the picture's last measured change (`picture_change`; NaN before the first).
+    snapshot: uint8[P, H, W, 3] the 8-bit image at the last multiple of ``window`` steps (the
+      start before that), or None without the picture rule.
     """
-    change_limit: float32[P]; the picture rule: a problem stops when its 8-bit image changed by
-      less than this many levels on average (`picture_change`) over the last ``window`` steps,
-      checked every ``window`` steps (0: never stops). Either rule stops a problem.
 
     tolerance: Array
     decay: Array
@@ -423,11 +426,11 @@ class Tracking:
     best_loss: Array
     history: Array
     stopped: Array
-    change: float32[P] the picture's last measured change (`picture_change`; NaN before the first).
-    snapshot: uint8[P, H, W, 3] the 8-bit image at the last multiple of ``window`` steps (the
-      start before that), or None without the picture rule.
     average: Array | None
     best_image: Array | None
+    change_limit: Array | None = None
+    change: Array | None = None
+    snapshot: Array | None = None
 
 
 def init_tracking(state: RunState, rules: Rules, tolerance: float = 0.0,
@@ -437,9 +440,6 @@ def init_tracking(state: RunState, rules: Rules, tolerance: float = 0.0,
     track = _fresh_tracking_jit(state.image, rules, np.float32(tolerance), np.float32(decay),
                                 np.float32(change))
     return dataclasses.replace(state, track=_shard_like(track, state.image))
-    change_limit: Array | None = None
-    change: Array | None = None
-    snapshot: Array | None = None
 
 
 def _fresh_tracking(images: Array, rules: Rules, tolerance: Array, decay: Array,
@@ -505,14 +505,6 @@ def tracked_step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec:
     count = track.count + applied.astype(jnp.int32)
     gain = (window_ago - best_loss) / jnp.maximum(jnp.abs(window_ago), 1e-30)
     converged = applied & (count > window) & (gain < track.tolerance)
-    average = track.average
-    if average is not None:
-        mixed = track.decay * average + (1.0 - track.decay) * new.image
-        average = jnp.where(applied, mixed, average)
-    best_image = track.best_image
-    if best_image is not None:
-        best_image = jnp.where(improved, state.image, best_image)
-    track = Tracking(tolerance=track.tolerance, decay=track.decay, count=count,
     change, snapshot = track.change, track.snapshot
     if snapshot is not None:  # the picture rule: every `window` steps, the 8-bit image's change
         due = applied & (count % window == 0)
@@ -522,6 +514,14 @@ def tracked_step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec:
         change = jnp.where(due, moved, change)
         snapshot = jnp.where(due, now, snapshot)
         converged = converged | (due & (moved < track.change_limit))
+    average = track.average
+    if average is not None:
+        mixed = track.decay * average + (1.0 - track.decay) * new.image
+        average = jnp.where(applied, mixed, average)
+    best_image = track.best_image
+    if best_image is not None:
+        best_image = jnp.where(improved, state.image, best_image)
+    track = Tracking(tolerance=track.tolerance, decay=track.decay, count=count,
                      best_loss=best_loss, history=history, stopped=track.stopped | converged,
                      average=average, best_image=best_image, change_limit=track.change_limit,
                      change=change, snapshot=snapshot)
