@@ -90,7 +90,7 @@ class Config:
       pooling: "max" or "avg" (Gatys et al. prefer average pooling).
       compute_dtype: "float32", or "bfloat16" for convolutions on hardware with it (Grams, losses,
         the image and optimizer state stay float32).
-    Stopping and the result (see `optimize.Tracking`):
+    Stopping and the result (see `tracking.Tracking`):
       stop_tolerance: a problem stops (and its image freezes) when its lowest loss so far improved
         by less than this fraction over the last ``stop_window`` steps; 0 never stops early.
         ``num_iterations`` stays the cap.

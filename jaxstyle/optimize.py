@@ -28,7 +28,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 from jax import lax
 
-from jaxstyle import losses, pyramid
+from jaxstyle import losses, pyramid, tracking
 from jaxstyle.lbfgs import scale_by_lbfgs
 from jaxstyle.models import vgg19
 from jaxstyle.config import Config
@@ -74,7 +74,7 @@ class RunState:
     image: float32[P, H, W, 3] in [0, 1], the current iterates (the last finite ones if diverged).
     opt_state: the optax states. step: int32[P] steps applied. loss: float32[P] and terms
     ({content, style, tv}: float32[P]) at the images before the last step. diverged: bool[P].
-    track: a `Tracking` (convergence stop, average, best iterate; see `init_tracking` and
+    track: a `tracking.Tracking` (convergence stop, average, best iterate; see `init_tracking` and
     `tracked_step`), or None for a plain run.
     """
 
@@ -84,10 +84,10 @@ class RunState:
     loss: Array
     terms: dict
     diverged: Array
-    track: "Tracking | None" = None
+    track: tracking.Tracking | None = None
 
 
-def init_state(images: Array, method: Method, rules: "Rules | None" = None,
+def init_state(images: Array, method: Method, rules: tracking.Rules | None = None,
                tolerance: float = 0.0, decay: float = 0.0, change: float = 0.0) -> RunState:
     """images: float32[P, H, W, 3] in [0, 1], one starting image per problem. With ``rules``,
     the state is tracked too (as `init_tracking` with ``tolerance``, ``decay`` and ``change``),
@@ -102,12 +102,12 @@ def init_state(images: Array, method: Method, rules: "Rules | None" = None,
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def _fresh_state(images: Array, method: Method, rules: "Rules | None" = None,
+def _fresh_state(images: Array, method: Method, rules: tracking.Rules | None = None,
                  tolerance: Array = 0.0, decay: Array = 0.0, change: Array = 0.0) -> RunState:
     state = _fresh_untracked(images, method)
     if rules is not None:
-        state = dataclasses.replace(state, track=_fresh_tracking(state.image, rules, tolerance,
-                                                                 decay, change))
+        state = dataclasses.replace(state, track=tracking.fresh(state.image, rules, tolerance,
+                                                                decay, change))
     return state
 
 
@@ -271,7 +271,7 @@ def run_steps(state: RunState, num_steps: Array | int, vgg: vgg19.VGG, targets: 
               step_scale: Array | None = None, sequential: bool = False) -> RunState:
     """At most ``num_steps`` optimizer steps for every problem, compiled once per shape
     (``num_steps`` is a runtime value); the compiled loop ends early once every problem has
-    diverged or, with a `Tracking` (`init_tracking`), stopped. targets: per problem, as from
+    diverged or, with a `tracking.Tracking` (`init_tracking`), stopped. targets: per problem, as from
     `problem_targets`.
 
     A spec shared by all problems (weights float32[L]) is closed over. A `losses.LossSpec.stack`ed
@@ -371,123 +371,26 @@ def _progress_of(diverged: Array, stopped: Array | None, count: Array | None):
 
 
 # ----------------------------------------------------------------------------------------------
-# Tracking beside the optimizer: stop when converged, an average of the iterates, the best iterate.
-# A state with a `Tracking` (`init_tracking`) makes `run_steps` take `tracked_step`, which wraps
-# `step`; the compiled loop ends by itself once every problem has stopped or diverged.
+# A state with a `tracking.Tracking` (`init_tracking`) makes `run_steps` take `tracked_step`, which
+# wraps `step`; the compiled loop ends by itself once every problem has stopped or diverged.
 
 
-@dataclasses.dataclass(frozen=True)
-class Rules:
-    """The static part of the tracking: what `init_tracking` allocates (so, shapes).
-
-    window: the convergence window in steps (the length of the loss history ring, and the
-      picture rule's interval).
-    average: keep an exponential moving average of the iterates (its decay is a runtime value).
-    keep_best: keep the iterate with the lowest loss evaluated so far.
-    picture: keep the 8-bit image of ``window`` steps ago, for the picture rule (its threshold,
-      ``change``, is a runtime value).
-    """
-
-    window: int = 50
-    average: bool = False
-    keep_best: bool = False
-    picture: bool = False
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> "Rules":
-        return cls(cfg.stop_window, cfg.average > 0, cfg.keep_best, cfg.stop_change > 0)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class Tracking:
-    """Per-problem tracking state (leading problem axis P, like `RunState`).
-
-    tolerance: float32[P]; a problem stops when its best loss improved by less than this fraction
-      over the last ``window`` steps (0: never stops).
-    change_limit: float32[P]; the picture rule: a problem stops when its 8-bit image changed by
-      less than this many levels on average (`picture_change`) over the last ``window`` steps,
-      checked every ``window`` steps (0: never stops). Either rule stops a problem.
-    decay: float32[P], the average's decay.
-    count: int32[P] steps applied since tracking began (a frozen or diverged problem stops counting).
-    best_loss: float32[P] the lowest loss evaluated (+inf before the first step).
-    history: float32[P, window] ring of ``best_loss`` after each of the last ``window`` steps.
-    stopped: bool[P] converged and frozen.
-    average: float32[P, H, W, 3] the (not yet bias-corrected) average, or None.
-    best_image: float32[P, H, W, 3] the iterate ``best_loss`` was evaluated at, or None.
-    change: float32[P] the picture's last measured change (`picture_change`; NaN before the first).
-    snapshot: uint8[P, H, W, 3] the 8-bit image at the last multiple of ``window`` steps (the
-      start before that), or None without the picture rule.
-    """
-
-    tolerance: Array
-    decay: Array
-    count: Array
-    best_loss: Array
-    history: Array
-    stopped: Array
-    average: Array | None
-    best_image: Array | None
-    change_limit: Array | None = None
-    change: Array | None = None
-    snapshot: Array | None = None
-
-
-def init_tracking(state: RunState, rules: Rules, tolerance: float = 0.0,
+def init_tracking(state: RunState, rules: tracking.Rules, tolerance: float = 0.0,
                   decay: float = 0.0, change: float = 0.0) -> RunState:
-    """``state`` with a fresh `Tracking` (laid out like its images). `init_state` with ``rules``
-    makes both in one program."""
-    track = _fresh_tracking_jit(state.image, rules, np.float32(tolerance), np.float32(decay),
-                                np.float32(change))
+    """``state`` with a fresh `tracking.Tracking` (laid out like its images). `init_state` with
+    ``rules`` makes both in one program."""
+    track = tracking.fresh_jit(state.image, rules, np.float32(tolerance), np.float32(decay),
+                               np.float32(change))
     return dataclasses.replace(state, track=_shard_like(track, state.image))
-
-
-def _fresh_tracking(images: Array, rules: Rules, tolerance: Array, decay: Array,
-                    change: Array = 0.0) -> Tracking:
-    p = images.shape[0]
-    full = lambda value, dtype, shape=(): jnp.full((p,) + shape, value, dtype)  # noqa: E731
-    return Tracking(
-        tolerance=full(tolerance, jnp.float32), decay=full(decay, jnp.float32),
-        count=full(0, jnp.int32), best_loss=full(jnp.inf, jnp.float32),
-        history=full(jnp.inf, jnp.float32, (rules.window,)), stopped=full(False, bool),
-        average=jnp.zeros_like(images) if rules.average else None,
-        best_image=jnp.array(images, copy=True) if rules.keep_best else None,
-        change_limit=full(change, jnp.float32) if rules.picture else None,
-        change=full(jnp.nan, jnp.float32) if rules.picture else None,
-        snapshot=to_8bit(images) if rules.picture else None)
-
-
-def to_8bit(image: Array) -> Array:
-    """uint8 of the same shape: ``image`` (float in [0, 1]) as an 8-bit file holds it,
-    round(255·x) (what `image_io.save_image` writes)."""
-    return jnp.round(jnp.clip(image, 0.0, 1.0) * 255.0).astype(jnp.uint8)
-
-
-def picture_change(new: Array, old: Array, valid: Array | None = None) -> Array:
-    """float32[]: the mean absolute change, in 8-bit levels, between two 8-bit images of ONE
-    problem (uint8[H, W, C]), over the photo's values only: ``valid`` [H, W] (nonzero where the
-    photo is, `jaxstyle.buckets`; None: everywhere), so that a padded image's frozen padding does
-    not dilute the mean."""
-    diff = jnp.abs(new.astype(jnp.int32) - old.astype(jnp.int32)).astype(jnp.float32)
-    if valid is None:
-        return jnp.mean(diff)
-    weight = (valid != 0).astype(jnp.float32)[..., None]
-    count = jnp.sum(weight) * diff.shape[-1]
-    return jnp.sum(diff * weight) / jnp.maximum(count, 1.0)
-
-
-_fresh_tracking_jit = jax.jit(_fresh_tracking, static_argnums=1)
 
 
 def tracked_step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec: losses.LossSpec,
                  method: Method, dtype=jnp.float32, step_scale: Array | None = None) -> RunState:
-    """`step` for ONE problem (no problem axis), then the tracking: a stopped problem stays frozen
-    (image, loss, step count); otherwise the best loss and its iterate, the loss history, the
-    average and the convergence tests (the loss rule; the picture rule every ``window`` steps)
-    are updated. The `Rules` are read off the tracking state's
-    structure (the history's length, which of average / best image it holds)."""
+    """`step` for ONE problem (no problem axis), then `tracking.advance`: a stopped problem stays
+    frozen (image, loss, step count); otherwise its tracking follows the step. The `Rules` are read
+    off the tracking state's structure (the history's length, which of average / best image /
+    picture it holds)."""
     track = state.track
-    window = track.history.shape[-1]
     new = step(dataclasses.replace(state, track=None), vgg, targets, spec, method, dtype,
                step_scale)
     active = ~track.stopped
@@ -497,34 +400,9 @@ def tracked_step(state: RunState, vgg: vgg19.VGG, targets: losses.Targets, spec:
         loss=keep(new.loss, state.loss), terms=jax.tree.map(keep, new.terms, state.terms),
         diverged=keep(new.diverged, state.diverged))
     applied = active & (new.step > state.step)
-    improved = applied & (new.loss < track.best_loss)  # new.loss was evaluated at state.image
-    best_loss = jnp.where(improved, new.loss, track.best_loss)
-    slot = track.count % window
-    window_ago = track.history[slot]  # the best loss `window` steps ago (inf until then)
-    history = track.history.at[slot].set(jnp.where(applied, best_loss, window_ago))
-    count = track.count + applied.astype(jnp.int32)
-    gain = (window_ago - best_loss) / jnp.maximum(jnp.abs(window_ago), 1e-30)
-    converged = applied & (count > window) & (gain < track.tolerance)
-    change, snapshot = track.change, track.snapshot
-    if snapshot is not None:  # the picture rule: every `window` steps, the 8-bit image's change
-        due = applied & (count % window == 0)
-        now = to_8bit(new.image)
-        valid = None if targets.valid is None else targets.valid["level0"][0]
-        moved = picture_change(now, snapshot, valid)
-        change = jnp.where(due, moved, change)
-        snapshot = jnp.where(due, now, snapshot)
-        converged = converged | (due & (moved < track.change_limit))
-    average = track.average
-    if average is not None:
-        mixed = track.decay * average + (1.0 - track.decay) * new.image
-        average = jnp.where(applied, mixed, average)
-    best_image = track.best_image
-    if best_image is not None:
-        best_image = jnp.where(improved, state.image, best_image)
-    track = Tracking(tolerance=track.tolerance, decay=track.decay, count=count,
-                     best_loss=best_loss, history=history, stopped=track.stopped | converged,
-                     average=average, best_image=best_image, change_limit=track.change_limit,
-                     change=change, snapshot=snapshot)
+    valid = None if targets.valid is None else targets.valid["level0"][0]
+    # new.loss was evaluated at state.image
+    track = tracking.advance(track, state.image, new.image, new.loss, applied, valid)
     return dataclasses.replace(new, track=track)
 
 
@@ -534,20 +412,7 @@ def result_images(state: RunState) -> Array:
     current iterates. A problem with no step applied yet gives its current image."""
     if state.track is None:
         return state.image
-    return _tracked_result(state.image, state.track)
-
-
-@jax.jit
-def _tracked_result(image: Array, track: Tracking) -> Array:
-    # Jitted: eagerly, each of its few operations was a program of its own.
-    counted = (track.count > 0)[:, None, None, None]
-    if track.average is not None:
-        power = track.decay ** track.count.astype(jnp.float32)
-        corrected = track.average / jnp.maximum(1.0 - power, 1e-30)[:, None, None, None]
-        return jnp.where(counted, corrected, image)
-    if track.best_image is not None:
-        return jnp.where(counted, track.best_image, image)
-    return image
+    return tracking.result(state.image, state.track)
 
 
 def finished(state: RunState) -> Array:

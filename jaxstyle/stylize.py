@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from jaxstyle import guidance as guidance_lib
-from jaxstyle import buckets, losses, optimize
+from jaxstyle import buckets, losses, optimize, tracking
 from jaxstyle.config import Config, check_sweep
 from jaxstyle.errors import ConfigError, JaxstyleWarning
 from jaxstyle.imageops import fit_long_side, match_colors, original_colors, resize
@@ -96,7 +96,7 @@ class Result:
 
 
 def tracked(cfg: Config) -> bool:
-    """Whether ``cfg`` needs `optimize.Tracking` (early stop, average or best iterate)."""
+    """Whether ``cfg`` needs `tracking.Tracking` (early stop, average or best iterate)."""
     return cfg.stop_tolerance > 0 or cfg.stop_change > 0 or cfg.average > 0 or cfg.keep_best
 
 
@@ -452,7 +452,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         # The coarser scale's L-BFGS history goes before this scale's is allocated: the peak
         # memory of a pyramid is its last scale's, not the sum of two.
         state = None
-        state = (optimize.init_state(images, method, optimize.Rules.from_config(cfg),
+        state = (optimize.init_state(images, method, tracking.Rules.from_config(cfg),
                                      cfg.stop_tolerance, cfg.average, cfg.stop_change)
                  if tracked(cfg)
                  else optimize.init_state(images, method))

@@ -1,4 +1,4 @@
-"""The picture stopping rule (`Config.stop_change`, `optimize.picture_change`): a problem stops when
+"""The picture stopping rule (`Config.stop_change`, `tracking.picture_change`): a problem stops when
 its image, as an 8-bit file holds it, changed by less than a number of levels over a window.
 References: the change recomputed in NumPy from the iterates the run went through, the photo's
 values only. A random shallow VGG on 32 px images, a batch of problems each with its own limit."""
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstyle import buckets, losses, optimize, stylize, vgg19
+from jaxstyle import buckets, losses, optimize, stylize, tracking, vgg19
 from jaxstyle.config import Config, ConfigError, from_preset
 from helpers import CAFFE
 
@@ -36,14 +36,14 @@ def test_picture_change_is_the_mean_absolute_level_change_over_the_photo():
     valid = np.zeros((9, 7), np.float32)
     valid[:5, :4] = 1
     expected = np.abs(a.astype(float) - b.astype(float))[:5, :4].mean()
-    assert float(optimize.picture_change(jnp.asarray(a), jnp.asarray(b), jnp.asarray(valid))) == \
+    assert float(tracking.picture_change(jnp.asarray(a), jnp.asarray(b), jnp.asarray(valid))) == \
         pytest.approx(expected, rel=1e-6)
     everywhere = np.abs(a.astype(float) - b.astype(float)).mean()
-    assert float(optimize.picture_change(jnp.asarray(a), jnp.asarray(b))) == \
+    assert float(tracking.picture_change(jnp.asarray(a), jnp.asarray(b))) == \
         pytest.approx(everywhere, rel=1e-6)
     # round(255·x), as the PNG writer rounds (no wrap-around of uint8 differences either).
     x = jnp.asarray([[[0.0, 0.5 / 255 + 1e-4, 1.0]]], jnp.float32)
-    assert np.asarray(optimize.to_8bit(x)).tolist() == [[[0, 1, 255]]]
+    assert np.asarray(tracking.to_8bit(x)).tolist() == [[[0, 1, 255]]]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_a_still_picture_stops_a_moving_one_does_not_problem_by_problem(batch, m
     # 1 and 2 move freely. Each problem has its own limit in levels, runtime values.
     limits = np.asarray([0.5, 0.5, 0.5], np.float32)
     scale = jnp.asarray([1e-7, 1.0, 1.0], jnp.float32)
-    rules = optimize.Rules(window=WINDOW, picture=True)
+    rules = tracking.Rules(window=WINDOW, picture=True)
     state = optimize.init_state(batch["start"], method, rules, change=0.5)
     assert state.track.snapshot.dtype == jnp.uint8  # one 8-bit image per problem of memory
     seen = [(0, np.asarray(batch["start"]))]
@@ -107,7 +107,7 @@ def test_a_still_picture_stops_a_moving_one_does_not_problem_by_problem(batch, m
 def test_the_limit_is_a_runtime_value_and_zero_never_stops(batch):
     method = optimize.Method("adam", 0.02)
     scale = jnp.asarray([1e-7, 1.0, 1.0], jnp.float32)
-    rules = optimize.Rules(window=WINDOW, picture=True)
+    rules = tracking.Rules(window=WINDOW, picture=True)
     run = lambda change: optimize.run(  # noqa: E731
         optimize.init_state(batch["start"], method, rules, change=change), 2 * WINDOW,
         batch["vgg"], batch["targets"], batch["spec"], method, step_scale=scale)
@@ -124,7 +124,7 @@ def test_either_rule_stops_a_problem(batch):
     # The loss rule at 100 % stops at its first test (step WINDOW + 1); the picture rule at 0
     # levels never: together they stop where the loss rule does.
     method = optimize.Method("adam", 0.02)
-    rules = optimize.Rules(window=WINDOW, picture=True)
+    rules = tracking.Rules(window=WINDOW, picture=True)
     state = optimize.init_state(batch["start"][:1], method, rules, tolerance=1.0, change=0.0)
     one = jax.tree.map(lambda v: v[:1], batch["targets"])
     state = optimize.run(state, CAP, batch["vgg"], one, batch["spec"], method)

@@ -1,4 +1,4 @@
-"""Stopping when converged, the average of the iterates, the best iterate (optimize.Tracking), and the
+"""Stopping when converged, the average of the iterates, the best iterate (tracking.Tracking), and the
 CLI's presets. References: the stopping rule, the EMA and the arg-min written again in NumPy over
 the loss and image trajectories of a plain (untracked) run. A random shallow VGG on 32 px images."""
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstyle import cli, losses, optimize, stylize, vgg19
+from jaxstyle import cli, losses, optimize, stylize, tracking, vgg19
 from jaxstyle.cli.stylize import add_parser, config_from_args
 from jaxstyle.config import RELATIVE_WEIGHTS, Config
 from jaxstyle.cli.common import OneLineParser
@@ -81,7 +81,7 @@ def test_converged_problem_freezes_while_the_other_goes_on_and_the_cap_holds(pro
     assert expected is not None and WINDOW < expected < CAP - 3
 
     method = optimize.Method.from_config(CFG)
-    rules = optimize.Rules(window=WINDOW)
+    rules = tracking.Rules(window=WINDOW)
     state = optimize.init_state(jnp.concatenate([problem["start"]] * 2), method)
     state = optimize.init_tracking(state, rules, 0.0)
     state = dataclasses.replace(state, track=dataclasses.replace(
@@ -106,7 +106,7 @@ def test_the_loop_ends_by_itself_when_every_problem_has_stopped(problem, lbfgs_t
     expected = numpy_stop_step(losses_, WINDOW, 1.0)  # any improvement under 100 %: first check
     assert expected == WINDOW + 1
     method = optimize.Method.from_config(CFG)
-    rules = optimize.Rules(window=WINDOW)
+    rules = tracking.Rules(window=WINDOW)
     state = optimize.init_tracking(optimize.init_state(problem["start"], method), rules, 1.0)
     calls = []
     state = optimize.run(state, 1000, problem["vgg"], problem["one"], problem["spec"],
@@ -125,7 +125,7 @@ def test_average_is_the_bias_corrected_ema_of_the_iterates(problem, lbfgs_trajec
     _, images = lbfgs_trajectory
     steps, decay = 7, 0.8
     method = optimize.Method.from_config(CFG)
-    rules = optimize.Rules(window=WINDOW, average=True)
+    rules = tracking.Rules(window=WINDOW, average=True)
     state = optimize.init_tracking(optimize.init_state(problem["start"], method), rules, 0.0, decay)
     state = optimize.run(state, steps, problem["vgg"], problem["one"], problem["spec"],
                          method)
@@ -140,7 +140,7 @@ def test_keep_best_returns_the_lowest_loss_iterate_of_a_non_monotone_run(problem
     method = optimize.Method("adam", 0.3)  # a large step: the loss goes up and down
     losses_, images = trajectory(problem, method, 12)
     assert np.any(np.diff(losses_) > 0)  # not monotone
-    rules = optimize.Rules(window=WINDOW, keep_best=True)
+    rules = tracking.Rules(window=WINDOW, keep_best=True)
     state = optimize.init_tracking(optimize.init_state(problem["start"], method), rules, 0.0)
     state = optimize.run(state, 12, problem["vgg"], problem["one"], problem["spec"],
                          method)
