@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxstyle import losses, optimize
+from jaxstyle import losses, optimize, starts
 from jaxstyle.config import Config
 from jaxstyle.imageops import fit_long_side, resize
 from jaxstyle.models import vgg19
@@ -128,7 +128,7 @@ def stylize(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfg: Config
                                  jnp.dtype(cfg.compute_dtype))
         run_spec = stylize_lib.problem_spec([cfg], targets, scaled)
         targets = optimize.problem_targets(targets, 1)
-        image = (stylize_lib.initial_images(cfg, scaled, scaled_styles) if state is None
+        image = (starts.initial_images(cfg, scaled, scaled_styles) if state is None
                  else resize(state.image, h, w))
         state = None
         state = optimize.init_state(shard_images(image, mesh), method)

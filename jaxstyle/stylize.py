@@ -20,10 +20,9 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
 
 from jaxstyle import guidance as guidance_lib
-from jaxstyle import buckets, losses, optimize, tracking
+from jaxstyle import buckets, losses, optimize, starts, tracking
 from jaxstyle.config import Config, check_sweep
 from jaxstyle.errors import ConfigError, JaxstyleWarning
 from jaxstyle.imageops import fit_long_side, match_colors, original_colors, resize
@@ -98,85 +97,6 @@ class Result:
 def tracked(cfg: Config) -> bool:
     """Whether ``cfg`` needs `tracking.Tracking` (early stop, average or best iterate)."""
     return cfg.stop_tolerance > 0 or cfg.stop_change > 0 or cfg.average > 0 or cfg.keep_best
-
-
-def initial_images(cfg: Config, contents: Array, styles: Sequence[Array],
-                   init_image: Array | None = None) -> Array:
-    """The starting images, float32[P, h, w, 3], for ``contents`` float32[P, h, w, 3].
-
-    "noise" draws from ``cfg.seed`` alone, so an image's start never depends on its position in a
-    batch: every problem of one size gets the same noise.
-    """
-    p, h, w, _ = contents.shape
-    if cfg.init == "content":
-        return contents
-    if cfg.init == "noise":
-        start = _noise_start(contents, np.uint32(cfg.seed))
-    else:
-        source = styles[0] if cfg.init == "style" else init_image
-        if source is None:
-            raise ConfigError("Config.init 'image' starts from an image: pass its array as "
-                              "init_image")
-        start = _broadcast_start(contents, resize(jnp.asarray(source, jnp.float32), h, w))
-    # Laid out like the contents (a jitted function's output on a one-device mesh is not), as
-    # `optimize.run_steps` returns its state: else the second chunk compiles a second program.
-    sharding = getattr(contents, "sharding", None)
-    return jax.device_put(start, sharding) if isinstance(sharding, NamedSharding) else start
-
-
-# Jitted: eagerly, the key, the draw and the broadcast were programs of their own.
-@jax.jit
-def _broadcast_start(contents: Array, start: Array) -> Array:
-    # Added to zeros like ``contents`` (not broadcast) so that the images are laid out like the
-    # contents: split over the devices in a sharded batch, not all on one.
-    return jnp.zeros_like(contents) + start
-
-
-@jax.jit
-def _noise_start(contents: Array, seed: Array) -> Array:
-    start = jax.random.uniform(jax.random.key(seed), contents.shape[1:], jnp.float32)
-    return _broadcast_start(contents, start)
-
-
-def _bucket_start(cfgs: Sequence[Config], contents: Array, valid: np.ndarray,
-                  styles: Sequence[Array], init_image: np.ndarray | None, flip: bool,
-                  size: tuple[int, int], padded: tuple[int, int], fill: np.ndarray) -> Array:
-    """`initial_images` of a bucketed run, float32[P, H, W, 3] of the bucket's shape: every
-    program made here has the bucket's shape, not the photo's (resizes on the host), and the
-    padding holds ``fill``. contents: the padded photos; valid: float32[P, H, W], 1 on them;
-    flip: the run is a transposed portrait (the start is transposed like its contents)."""
-    if len({(c.init, c.seed) for c in cfgs}) > 1:  # a sweep over the start: problem by problem
-        return jnp.concatenate([_bucket_start([c], contents[i:i + 1], valid[i:i + 1], styles,
-                                              init_image, flip, size, padded, fill)
-                                for i, c in enumerate(cfgs)])
-    cfg = cfgs[0]
-    if cfg.init == "content":
-        return contents
-    if cfg.init == "noise":
-        start = _noise_in_bucket(contents, np.uint32(cfg.seed), valid)
-    else:
-        source = styles[0] if cfg.init == "style" else init_image
-        if source is None:
-            raise ConfigError("Config.init 'image' starts from an image: pass its array as "
-                              "init_image")
-        source = np.asarray(source, np.float32)
-        source = source.swapaxes(0, 1) if flip else source
-        one = buckets.pad_host(buckets.resize(source[None], *size), *padded, fill)
-        start = np.ascontiguousarray(np.broadcast_to(one, (contents.shape[0],) + one.shape[1:]))
-    sharding = getattr(contents, "sharding", None)
-    return jax.device_put(start, sharding) if isinstance(sharding, NamedSharding) else \
-        jnp.asarray(start)
-
-
-@jax.jit
-def _noise_in_bucket(contents: Array, seed: Array, valid: Array) -> Array:
-    """A uniform noise start on the photo (``valid`` float32[P, H, W] > 0), the contents' fill
-    on the padding, every problem the same draw. The noise is drawn in the landscape orientation
-    and transposed for a portrait, so a photo gets the same noise whichever way it runs."""
-    _, h, w, c = contents.shape
-    noise = jax.random.uniform(jax.random.key(seed), (min(h, w), max(h, w), c), jnp.float32)
-    noise = noise.swapaxes(0, 1) if h > w else noise
-    return jnp.where(valid[..., None] > 0, _broadcast_start(contents, noise), contents)
 
 
 def _content_targets(vgg, contents, spec, dtype, sequential, valid=None) -> dict:
@@ -436,13 +356,13 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         elif start is not None:
             images = resize(jnp.asarray(start.images, jnp.float32), h, w)
         elif bucketed:
-            images = _bucket_start(cfgs, scaled, valid["level0"], scaled_styles, init_image, flip,
-                                   (h, w), padded, fill)
+            images = starts.bucket_start(cfgs, scaled, valid["level0"], scaled_styles, init_image,
+                                         flip, (h, w), padded, fill)
         else:
-            firsts = scaled_styles
-            images = (initial_images(cfg, unpadded, firsts, init_image)
+            images = (starts.initial_images(cfg, unpadded, scaled_styles, init_image)
                       if len({(c.init, c.seed) for c in cfgs}) == 1 else
-                      jnp.concatenate([initial_images(c, unpadded[i:i + 1], firsts, init_image)
+                      jnp.concatenate([starts.initial_images(c, unpadded[i:i + 1], scaled_styles,
+                                                             init_image)
                                        for i, c in enumerate(cfgs)]))
         if images.shape[1:3] != tuple(padded):
             images = buckets.pad(images, *padded, fill)

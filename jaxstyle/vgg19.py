@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 
 from jaxstyle import weights
 from jaxstyle.models.vgg19 import (CONV_LAYERS, CONV_SHAPES, LAYER_NAMES, POOLINGS, VGG, VGG19,

@@ -50,7 +50,7 @@ def test_the_config_holds_no_file_names_and_an_image_start_needs_its_array():
     setting on its own, and starting without the array is a one-line ConfigError."""
     import numpy as np
 
-    from jaxstyle.stylize import initial_images
+    from jaxstyle.starts import initial_images
 
     assert not any("path" in f.name or f.name.endswith("_image") for f in dataclasses.fields(Config))
     cfg = Config(init="image")

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstyle import image_io, stylize, vgg19
+from jaxstyle import image_io, starts, stylize, vgg19
 from jaxstyle.config import Config
 from jaxstyle.errors import ConfigError
 from helpers import CAFFE
@@ -103,11 +103,11 @@ def test_noise_init_is_deterministic_and_position_independent(vgg, content, styl
     # A batch's noise start does not depend on the image's position in it.
     contents = jnp.asarray(np.stack([image_io.resize(content, 24, 32),
                                      smooth_image(24, 32, seed=9)]))
-    starts = np.asarray(stylize.initial_images(cfg, contents, []))
-    alone = np.asarray(stylize.initial_images(cfg, contents[1:], []))
-    np.testing.assert_array_equal(starts[0], starts[1])
-    np.testing.assert_array_equal(starts[1], alone[0])
-    np.testing.assert_array_equal(starts[0], a)  # and it is where the run above started
+    first = np.asarray(starts.initial_images(cfg, contents, []))
+    alone = np.asarray(starts.initial_images(cfg, contents[1:], []))
+    np.testing.assert_array_equal(first[0], first[1])
+    np.testing.assert_array_equal(first[1], alone[0])
+    np.testing.assert_array_equal(first[0], a)  # and it is where the run above started
     # With real weights, the same seed still gives the same result.
     real = dataclasses.replace(BASE, init="noise", seed=7)
     np.testing.assert_array_equal(stylize.stylize(vgg, content, styles[:1], real),
