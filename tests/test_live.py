@@ -125,7 +125,8 @@ def test_live_page_follows_a_sweep_and_matches_its_log(browser, tmp_path, keras_
         [sys.executable, "-m", "jaxstyle.cli", "stylize", content, "--style", style, "--weights",
          keras_safetensors, "-o", tmp_path / "out" / "sheet.png", "--image-size", "32",
          "--num-iterations", str(iters), "--print-iter", "10", "--optimizer", "adam",
-         "--stop-tolerance", "0",  # all the iterations: the page must count to the end
+         # All the iterations (neither stopping rule): the page must count to the end.
+         "--stop-tolerance", "0", "--stop-change", "0",
          "--style-layers", "relu1_1,relu2_1", "--content-layers", "relu2_1", "--quiet",
          "--sweep", "style-weight=10,1000", "--log-dir", logs, "--web", str(port), "--web-keep"],
         env=env, stderr=subprocess.PIPE, text=True)

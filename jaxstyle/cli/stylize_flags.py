@@ -182,6 +182,8 @@ def _init(args: argparse.Namespace) -> str | None:
     if args.init_image and args.init not in (None, "image"):
         raise JaxstyleError(f"--init-image starts from an image, but --init {args.init} starts "
                             "elsewhere: drop one of them")
+    if args.init == "image" and not args.init_image:
+        raise JaxstyleError("--init image starts from an image: give it with --init-image FILE")
     return "image" if args.init_image else args.init
 
 
