@@ -21,7 +21,7 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class Rules:
-    """The static part of the tracking: what `init_tracking` allocates (so, shapes).
+    """The static part of the tracking: what `fresh` allocates (so, shapes).
 
     window: the convergence window in steps (the length of the loss history ring, and the
       picture rule's interval).
@@ -44,7 +44,7 @@ class Rules:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Tracking:
-    """Per-problem tracking state (leading problem axis P, like `RunState`).
+    """Per-problem tracking state (leading problem axis P, like `optimize.RunState`).
 
     tolerance: float32[P]; a problem stops when its best loss improved by less than this fraction
       over the last ``window`` steps (0: never stops).
@@ -77,7 +77,7 @@ class Tracking:
 
 
 def fresh(images: Array, rules: Rules, tolerance: Array, decay: Array,
-                    change: Array = 0.0) -> Tracking:
+          change: Array = 0.0) -> Tracking:
     """A new `Tracking` for P problems starting at ``images`` float32[P, H, W, 3]; ``tolerance``,
     ``decay`` and ``change`` (the picture rule's limit) are scalars shared by all problems."""
     p = images.shape[0]
