@@ -26,6 +26,16 @@ def run_cli(capsys, *argv):
     out = capsys.readouterr()
     return code, out.out, out.err
 
+def assert_one_line_error(err: str, *fragments: str) -> str:
+    """The CLI's stderr ``err`` is one ``jaxstyle: error: ...`` line holding every fragment (no
+    traceback); returns that line."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("jaxstyle: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
 
 def write_random_image(path, shape, seed):
     """A uniformly random 8-bit RGB image of ``shape`` (h, w) at ``path``; returns the path."""

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from helpers import run_cli as run
-from helpers import cache_events_of_cli, write_random_image
+from helpers import assert_one_line_error, cache_events_of_cli, write_random_image
 from jaxstyle import cli, download
 from jaxstyle import stylize as stylize_lib
 
@@ -26,14 +26,6 @@ def images(tmp_path_factory):
     return {"content": _write_image(d / "content.png"),
             "style": _write_image(d / "style.jpg", (30, 30), seed=1),
             "style2": _write_image(d / "style2.png", (20, 36), seed=2)}
-
-
-def assert_one_line_error(err: str, *fragments: str):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("jaxstyle: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def stylize_args(images, weights, output, *extra):

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from helpers import run_cli as run
-from helpers import write_random_image
+from helpers import assert_one_line_error, write_random_image
 from jaxstyle import cli, config, netfile
 from jaxstyle import stylize as stylize_lib
 from jaxstyle.cli import stylize as stylize_cli
@@ -32,15 +32,6 @@ SMALL = [*FAST, "--num-scales", 1, "--optimizer", "adam", "--style-layers", "rel
          "--content-layers", "relu2_1"]
 TRAIN_TINY = ["--image-size", 16, "--batch-size", 2, "--width", 0.25, "--content-layers", "relu2_1",
               "--style-layers", "relu1_1,relu2_1", "-q"]
-
-
-def assert_one_line_error(err: str, *fragments: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("jaxstyle: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from jaxstyle.logs import LogWriter
 from helpers import run_cli as run
+from helpers import assert_one_line_error
 from helpers import write_random_image as _image
 
 EVERYTHING = {"scalars": 0, "images": 0, "tensors": 0}
@@ -105,12 +106,6 @@ def test_a_batch_logs_one_run_per_image(capsys, tmp_path, inputs, keras_safetens
         assert np.array_equal(logged, np.asarray(Image.open(tmp_path / "out" / f"{name}.png")))
 
 
-def _one_line(err, fragment):
-    lines = [s for s in err.strip().splitlines() if s.strip()]
-    assert len(lines) == 1 and lines[0].startswith("jaxstyle: error: "), err
-    assert fragment in lines[0], lines[0]
-
-
 def test_unwritable_log_dir_is_one_line_before_any_work(capsys, tmp_path, inputs):
     content, style = inputs
     blocker = tmp_path / "file"
@@ -119,7 +114,7 @@ def test_unwritable_log_dir_is_one_line_before_any_work(capsys, tmp_path, inputs
     code, _, err = run(capsys, "stylize", content, "--style", style, "-o", tmp_path / "o.png",
                        "--log-dir", blocker / "logs", "--cache-dir", tmp_path / "cache")
     assert code == 1
-    _one_line(err, "cannot write logs")
+    assert_one_line_error(err, "cannot write logs")
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "cache").exists()
 
 
@@ -132,7 +127,7 @@ def test_a_port_in_use_is_one_line(capsys, tmp_path, inputs):
         code, _, err = run(capsys, "stylize", content, "--style", style, "-o", tmp_path / "o.png",
                            "--web", str(port), "--cache-dir", tmp_path / "cache")
     assert code == 1
-    _one_line(err, f"127.0.0.1:{port}")
+    assert_one_line_error(err, f"127.0.0.1:{port}")
     assert "in use" in err and not (tmp_path / "o.png").exists()
 
 

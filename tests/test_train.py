@@ -19,7 +19,7 @@ from jaxstyle import data, losses, netfile, train
 from jaxstyle.config import Config
 from jaxstyle.models import transformer
 from helpers import run_cli as run
-from helpers import CAFFE, random_vgg, run_on_devices, write_random_image
+from helpers import CAFFE, assert_one_line_error, random_vgg, run_on_devices, write_random_image
 
 STYLE_LAYERS = ("relu1_1", "relu2_1")
 SIZE = 16
@@ -92,7 +92,6 @@ def test_nan_step_keeps_the_parameters(vgg):
                                              train.shard_batch(bad))
     assert not bool(metrics["finite"])
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), kept)
-
 
 
 @pytest.mark.slow
@@ -220,12 +219,6 @@ def test_loader_crops_shuffles_per_epoch_skips_and_resumes(photos):
 # The CLI: train, resume, apply.
 
 
-def one_line_error(err, *fragments):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("jaxstyle: error: "), err
-    assert all(f in lines[0] for f in fragments), lines[0]
-
-
 TINY = ["--image-size", 16, "--batch-size", 2, "--width", 0.25, "--content-layers", "relu2_1",
         "--style-layers", "relu1_1,relu2_1", "--learning-rate", 1e-2, "-q"]
 
@@ -327,26 +320,26 @@ def test_train_resume_equals_uninterrupted_and_apply(capsys, photos, style_file,
 
 def test_bad_inputs_are_one_line_errors(capsys, photos, style_file, keras_safetensors, tmp_path):
     base = ["train", style_file, "--weights", keras_safetensors, *TINY, "-o", tmp_path / "n.safetensors"]
-    one_line_error(run(capsys, *base, "--data", tmp_path / "missing")[2], "not found")
+    assert_one_line_error(run(capsys, *base, "--data", tmp_path / "missing")[2], "not found")
     (tmp_path / "empty").mkdir()
-    one_line_error(run(capsys, *base, "--data", tmp_path / "empty")[2], "no image files")
+    assert_one_line_error(run(capsys, *base, "--data", tmp_path / "empty")[2], "no image files")
     code, _, err = run(capsys, *base, "--data", photos, "--batch-size", 8)
     assert code == 1
-    one_line_error(err, "fewer than one batch")
+    assert_one_line_error(err, "fewer than one batch")
     few = tmp_path / "few"  # enough files for a batch of 2, but only one of them is a photo
     _write(few / "ok.png", (20, 20), 1)
     (few / "bad1.jpg").write_bytes(b"not a jpeg")
     (few / "bad2.png").write_bytes(b"not a png")
     code, _, err = run(capsys, *base, "--data", few)
     assert code == 1
-    one_line_error(err, "only 1 of the 3", "fewer than one batch of 2")
+    assert_one_line_error(err, "only 1 of the 3", "fewer than one batch of 2")
     code, _, err = run(capsys, *base, "--data", photos, "--resume")
-    one_line_error(err, "no checkpoint")
+    assert_one_line_error(err, "no checkpoint")
     code, _, err = run(capsys, "apply", keras_safetensors, photos, "-o", tmp_path / "o")
     assert code == 1
-    one_line_error(err, "not a jaxstyle network file")
+    assert_one_line_error(err, "not a jaxstyle network file")
     code, _, err = run(capsys, "apply", tmp_path / "nothing.safetensors", photos, "-o", tmp_path / "o")
-    one_line_error(err, "not found")
+    assert_one_line_error(err, "not found")
 
 
 def test_nan_loss_is_one_line_and_keeps_the_last_finite_network(capsys, photos, style_file,
@@ -369,6 +362,6 @@ def test_nan_loss_is_one_line_and_keeps_the_last_finite_network(capsys, photos, 
     code, _, err = run(capsys, "train", style_file, "--data", photos, "--weights",
                        keras_safetensors, *TINY, "--steps", 4, "-o", out)
     assert code == 1
-    one_line_error(err, "NaN", "--style-weight")
+    assert_one_line_error(err, "NaN", "--style-weight")
     net = netfile.load(out)
     assert net.steps == 1 and all(np.isfinite(x).all() for x in jax.tree.leaves(net.params))

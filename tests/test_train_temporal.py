@@ -9,6 +9,8 @@ import pytest
 import jax.numpy as jnp
 import numpy as np
 
+from helpers import assert_one_line_error
+
 from jaxstyle import losses, train, vgg19, warp
 from jaxstyle.models import transformer
 
@@ -102,13 +104,6 @@ def test_training_with_the_term_is_more_stable_under_a_shift(keras_safetensors):
 # The temporal weight is part of the network: recorded in the NET file, checked on --resume.
 
 
-def one_line(err: str, *fragments: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("jaxstyle: error: "), err
-    assert all(f in lines[0] for f in fragments), lines[0]
-    return lines[0]
-
-
 @pytest.mark.slow
 def test_temporal_weight_is_recorded_and_resume_refuses_another(capsys, keras_safetensors,
                                                                 tmp_path):
@@ -126,7 +121,7 @@ def test_temporal_weight_is_recorded_and_resume_refuses_another(capsys, keras_sa
     base = ["train", style, "--data", photo_dir, "--weights", keras_safetensors,
             "--image-size", 16, "--batch-size", 2, "--width", 0.25, "--content-layers",
             "relu1_2", "--style-layers", "relu1_1", "-q", "-o", net]
-    one_line(run(capsys, *base, "--steps", 1, "--change-temporal-weight")[2], "--resume")
+    assert_one_line_error(run(capsys, *base, "--steps", 1, "--change-temporal-weight")[2], "--resume")
     code, _, err = run(capsys, *base, "--steps", 1, "--temporal-weight", 1e3,
                        "--checkpoint-every", 1)
     assert code == 0, err
@@ -139,7 +134,7 @@ def test_temporal_weight_is_recorded_and_resume_refuses_another(capsys, keras_sa
 
     # Another weight (or none: the default 0) on --resume: one line naming the flag to give.
     for other in ([], ["--temporal-weight", 10]):
-        one_line(run(capsys, *base, "--steps", 2, "--resume", *other)[2],
+        assert_one_line_error(run(capsys, *base, "--steps", 2, "--resume", *other)[2],
                  "--temporal-weight 1000", "--change-temporal-weight")
     # Asked for explicitly, it continues, and the file says from which step each weight held.
     code, _, err = run(capsys, *base, "--steps", 2, "--resume", "--change-temporal-weight",
