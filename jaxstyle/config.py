@@ -294,8 +294,10 @@ RELATIVE_WEIGHTS = {"content_weight": 1.0, "style_weight": 5.0, "tv_weight": 0.1
 
 PRESETS: dict[str, dict] = {
     # The default of `jaxstyle stylize`: chosen by time to quality (docs/performance.md).
-    # 64 → 128 → 256 px at 256 px: 150 steps at most at each coarse scale, then the full size
-    # until the loss improves by less than 0.25 % over 20 steps. An L-BFGS history of 50 pairs:
+    # 64 → 128 → 256 px at 256 px: 40 steps at most at each coarse scale (150 before the
+    # pyramid preconditioner and the picture rule; 40 was as good or better at 256 and 512 px,
+    # both TVs and the relative weights, and 0.8-0.9x the time), then the full size until the
+    # loss improves by less than 0.25 % over 20 steps. An L-BFGS history of 50 pairs:
     # time to quality as with 100 at 512 px and within 2 % at 256 px, half the history's memory
     # (512 px peak 2.22 -> 1.88 GiB, under the reference's); 20 fell behind at 256 px, 10 clearly.
     # L-BFGS preconditioned by a 5-level image pyramid (each level scaled on its own): at 256 px
@@ -304,7 +306,7 @@ PRESETS: dict[str, dict] = {
     # It also stops when the 8-bit picture changed by less than 1.5 levels on average over those
     # 20 steps (issue 29): with TV 0 the loss keeps falling slowly long after that; at 256 px the
     # picture rule stops at ~100 full-size steps, below the reference's 400-evaluation 8-bit loss.
-    "fast": dict(num_scales=3, coarse_iterations=150, stop_tolerance=0.0025, stop_window=20,
+    "fast": dict(num_scales=3, coarse_iterations=40, stop_tolerance=0.0025, stop_window=20,
                  stop_change=1.5, lbfgs_memory=50, lbfgs_pyramid=5),
     # jcjohnson/neural-style exactly: Config's defaults (1000 L-BFGS steps, no early stop).
     "neural-style": dict(),
