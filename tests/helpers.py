@@ -26,6 +26,7 @@ def run_cli(capsys, *argv):
     out = capsys.readouterr()
     return code, out.out, out.err
 
+
 def assert_one_line_error(err: str, *fragments: str) -> str:
     """The CLI's stderr ``err`` is one ``jaxstyle: error: ...`` line holding every fragment (no
     traceback); returns that line."""
