@@ -163,6 +163,9 @@ def test_live_page_follows_a_sweep_and_matches_its_log(browser, tmp_path, keras_
         src = browser.find_element("css selector", "#cell-1 img").get_attribute("src")
         shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
         assert np.array_equal(shown, np.asarray(Image.open(tmp_path / "out" / "sheet-2.png")))
+        # It says how to end it (and is waiting for that) once "done" is sent.
+        lines = iter(process.stderr.readline, "")
+        assert any("until Ctrl-C" in line for line in lines), "--web-keep never said it waits"
     finally:
         process.send_signal(signal.SIGINT)  # --web-keep serves until Ctrl-C
         code = process.wait(timeout=30)

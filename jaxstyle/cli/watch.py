@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxstyle.cli.common import StopRequest
 from jaxstyle.config import Config
 
 TERMS = ("content", "style", "tv")
@@ -114,18 +115,20 @@ class Watch:
         """The run ended: "done" on the page; with --web-keep, serve until Ctrl-C."""
         if self.log is not None:
             self.log.flush()
-        if self.live is not None:
+        if self.live is None:
+            return
+        # Ctrl-C sets a flag here, never raises: a KeyboardInterrupt inside the page's lock (while
+        # "done" is sent) could leave it held, and `close` then waited for it forever.
+        stop = StopRequest()
+        with stop.on_ctrl_c():
             self.live.publish({**self._status, "done": True, "eta_s": 0}, self.rows,
                               [None] * len(self.names))
             self.live.wait_sent()
-            if self.web_keep:
+            if self.web_keep and not stop.requested:
                 print(f"jaxstyle: run done; the live view stays at {self.live.url} until Ctrl-C",
                       file=sys.stderr, flush=True)
-                try:
-                    while True:
-                        time.sleep(3600)
-                except KeyboardInterrupt:
-                    pass
+                while not stop.requested:
+                    time.sleep(0.1)
 
     def close(self) -> None:
         if self.log is not None:
