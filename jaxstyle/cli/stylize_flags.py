@@ -1,7 +1,8 @@
 """The flags of ``jaxstyle stylize`` (shared by ``video`` and ``warmup``) and the `Config` they
-describe: the parser is the one table of flags; every flag named for a `Config` field sets that
-field (`config_from_args`), the README's flag table lists exactly these flags
-(tests/test_flags.py), and ``--sweep`` may name exactly `config.SWEEPABLE` (`cli.sweep`)."""
+describe: the parser is the one table of flags; every flag named for a setting's flat name
+(`config.FIELDS`) sets that setting in its section (`config_from_args`), the README's flag table
+lists exactly these flags (tests/test_flags.py), and ``--sweep`` may name exactly
+`config.SWEEPABLE` (`cli.sweep`)."""
 
 from __future__ import annotations
 
@@ -213,8 +214,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.preset != "neural-style" and all(w is None for w in weights.values()):
         # No weight given: weights relative to the targets' scales, whatever the weights file.
         weights, loss_scale = dict(RELATIVE_WEIGHTS), "relative"
-    # Every flag named for a Config field sets it (None: the preset's or Config's default);
-    # the few that need more than a copy are computed above.
+    # Every flag named for a setting (a flat name of config.FIELDS) sets it (None: the preset's or
+    # Config's default); the few that need more than a copy are computed above.
     fields = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
     fields.update(weights, image_size=size, style_scale=style_scale, init=_init(args),
                   loss_scale=loss_scale)
