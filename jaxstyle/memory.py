@@ -3,8 +3,7 @@ that a run that cannot fit is refused with one line instead of being killed by t
 
 The estimate for one compiled run of P problems of h x w pixels (n = P·h·w):
 
-* XLA's temporaries of one step: ``TEMP_BYTES_PER_PIXEL`` × n (plus, for L-BFGS,
-  ``LBFGS_TEMP_BYTES_PER_PAIR`` × memory × n), measured with
+* XLA's temporaries of one step: ``TEMP_BYTES_PER_PIXEL`` × n, measured with
   ``optimize.run_steps.lower(...).compile().memory_analysis()`` (the full VGG-19 to relu5_1,
   float32; `python -m benchmarks.memory 128 256 512`, from a clone, prints the measurement);
 * the run state: the image, the optimizer's state (L-BFGS: 2 × memory + 2 images; Adam: 2), the
@@ -25,12 +24,11 @@ from jaxstyle.imageops import fit_long_side
 GIB = 2**30
 # XLA temporaries per input pixel of one step (memory_analysis().temp_size_in_bytes / (h·w)),
 # measured on the CPU backend (issue 27, docs/performance.md). With the ReLUs and poolings that
-# keep only masks for the backward (`kernels.relu_max_pool` etc.): Adam 1644 at 128 px (2180
-# before); L-BFGS (the fast preset's 5-level pyramid) 3180 at 128 px with 50 pairs, of which ~31 B
-# per pixel per pair grow with the history (`LBFGS_TEMP_BYTES_PER_PAIR`: XLA's step holds a
-# second copy of most of the history in `optimize.over_problems`' one-problem loop).
-TEMP_BYTES_PER_PIXEL = {"lbfgs": 1600, "adam": 1700}
-LBFGS_TEMP_BYTES_PER_PAIR = 32  # per input pixel, float32 pairs (half in bfloat16)
+# keep only masks for the backward (`kernels.relu_max_pool` etc.) and the history updated in
+# place (`optimize.over_problems`): Adam 1608, L-BFGS (the fast preset's 5-level pyramid) 1672 at
+# 128 px, whatever the history's length (10, 50 or 100 pairs; before, ~31 B per pixel per pair
+# grew with it: a second copy of most of the history).
+TEMP_BYTES_PER_PIXEL = {"lbfgs": 1700, "adam": 1700}
 FIXED_BYTES = int(1.0 * GIB)
 IMAGE_BYTES_PER_PIXEL = 12  # float32 RGB
 
@@ -48,9 +46,6 @@ def run_bytes(cfg: Config, height: int, width: int, problems: int = 1, num_style
         images += 2
     style_px = num_styles * (cfg.loss.style_scale * max(height, width)) ** 2
     temps = TEMP_BYTES_PER_PIXEL[opt.name] * (n + 0.5 * style_px)
-    if opt.name == "lbfgs":
-        temps += LBFGS_TEMP_BYTES_PER_PAIR * opt.lbfgs_memory * n * (
-            0.5 if opt.lbfgs_history_dtype == "bfloat16" else 1)
     host = 4 * IMAGE_BYTES_PER_PIXEL * (n + style_px)
     return int(FIXED_BYTES + temps + host + images * IMAGE_BYTES_PER_PIXEL * n)
 
@@ -83,8 +78,7 @@ def check_fits(cfg: Config, height: int, width: int, available: int, where: str,
     hint = (f"Config.image_size={size} would fit" if size else "even 16 px would not fit")
     extra = ""
     if cfg.optimizer.name == "lbfgs" and cfg.optimizer.lbfgs_memory > 20:
-        pair = (24 + LBFGS_TEMP_BYTES_PER_PAIR) // (
-            2 if cfg.optimizer.lbfgs_history_dtype == "bfloat16" else 1)
+        pair = 24 // (2 if cfg.optimizer.lbfgs_history_dtype == "bfloat16" else 1)
         extra = f", or lower Config.lbfgs_memory (its history is {pair} bytes per pixel per pair)"
     if problems > 1:
         extra += ", or run fewer problems per batch (a smaller batch size)"

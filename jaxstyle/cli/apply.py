@@ -19,6 +19,7 @@ from jaxstyle.cli.common import EXIT_ERROR, positive, progress_bar, warn
 from jaxstyle.config import DTYPES
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.files import check_outputs
+from jaxstyle.imageops import fit_long_side
 from jaxstyle.models import transformer
 
 # Inputs that are films (`jaxstyle.video_io.VIDEO_SUFFIXES`; PyAV is only imported for them).
@@ -76,10 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise JaxstyleError("apply needs INPUT... and -o OUTPUT (or --info)")
     if not args.quiet:  # what the network is, e.g. whether it was trained for video
         print(f"network: {netfile.describe(net)}", file=sys.stderr)
-    if len(args.inputs) == 1 and Path(args.inputs[0]).suffix.lower() in FILM_SUFFIXES:
-        from jaxstyle.cli.video import apply_film  # a film: streamed through the network
-
-        return apply_film(args, net, _stylize)
+    if len(args.inputs) == 1 and Path(args.inputs[0]).suffix.lower() in FILM_SUFFIXES:  # a film: streamed
+        return _apply_film(args, net, _stylize)
     paths = image_io.collect_images(args.inputs)
     if not paths:
         raise JaxstyleError(f"no images found in {', '.join(args.inputs)}; give image files or "
@@ -146,3 +145,50 @@ def run(args: argparse.Namespace) -> int:
           (f"; skipped {len(skipped)}: {', '.join(map(str, skipped))}" if skipped else ""),
           file=sys.stderr if args.quiet else sys.stdout)
     return EXIT_ERROR if skipped else 0
+
+
+def _apply_film(args: argparse.Namespace, net, stylize_batch) -> int:
+    """``jaxstyle apply NET IN.mp4 -o OUT.mp4``: the film through a trained network, streamed in
+    batches of ``--batch-size`` frames (the last padded: one compiled program), written with the
+    input's frame rate and audio, atomically. ``stylize_batch(params, images, dtype)``."""
+    from jaxstyle import video_io
+    from jaxstyle.models import transformer
+
+    video_io.require()
+    source, output = Path(args.inputs[0]), Path(args.output)
+    info = video_io.probe(source)
+    if output.resolve() == source.resolve():
+        raise JaxstyleError(f"the output '{output}' would overwrite the input; choose another")
+    long_side = args.image_size or max(info.height, info.width)
+    h, w = fit_long_side(info.height, info.width, long_side)
+    h, w = h - h % 2, w - w % 2
+    if min(h, w) < transformer.MIN_SIDE:
+        raise JaxstyleError(f"the frames are {w}x{h}; the network needs {transformer.MIN_SIDE} px")
+    params = jax.device_put(jax.tree.map(jnp.asarray, net.params))
+    size = args.batch_size
+    bar = progress_bar(info.num_frames, "frame", args.quiet, desc="apply")
+    written = 0
+    with video_io.FilmWriter(output, h, w, info.frame_rate, audio_from=source) as writer:
+        def flush(batch):
+            padded = batch + [batch[0]] * (size - len(batch))
+            result = np.asarray(stylize_batch(params, np.stack(padded), args.compute_dtype))
+            for frame, image in zip(batch, result):
+                if args.original_colors:
+                    image = image_io.original_colors(image, frame)
+                writer.write(image)
+            bar.update(len(batch))
+
+        batch: list[np.ndarray] = []
+        for frame in video_io.read_frames(source, h, w):
+            batch.append(frame)
+            if len(batch) == size:
+                flush(batch)
+                written += len(batch)
+                batch = []
+        if batch:
+            flush(batch)
+            written += len(batch)
+    bar.close()
+    print(f"wrote {output} ({written} frames at {float(info.frame_rate):g} fps)",
+          file=sys.stderr if args.quiet else sys.stdout)
+    return 0
