@@ -137,7 +137,8 @@ def reference_objective(content: Path, style: Path, weights: Path,
     from jaxstyle import losses, vgg19
     from jaxstyle.config import Config
 
-    spec = losses.LossSpec.from_config(Config(**{**REFERENCE_WEIGHTS, "tv_weight": tv_weight}))
+    spec = losses.LossSpec.from_config(
+        Config().replace(**{**REFERENCE_WEIGHTS, "tv_weight": tv_weight}))
     vgg = vgg19.load(weights, source="torchvision")
     targets = losses.targets(vgg, read_image(content), [read_image(style)], [1.0], spec)
     return functools.partial(losses.total_loss, vgg, targets=targets, spec=spec)

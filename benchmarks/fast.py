@@ -34,7 +34,7 @@ def _worker(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from jaxstyle import losses, train
-    from jaxstyle.config import Config
+    from jaxstyle.config import Config, Loss
     from jaxstyle.models import transformer, vgg19
 
     params = transformer.init(jax.random.key(args.seed), args.width)
@@ -58,9 +58,9 @@ def _worker(args: argparse.Namespace) -> dict:
         vgg = vgg19.init(jax.random.key(1), vgg19.Preprocessing(False, 1.0, (0.485, 0.456, 0.406),
                                                                 (0.229, 0.224, 0.225)),
                          last_layer="relu4_1")
-        cfg = Config(content_layers=train.DEFAULT_CONTENT_LAYERS,
-                     style_layers=train.DEFAULT_STYLE_LAYERS, content_weight=1e5,
-                     style_weight=1e10, tv_weight=1e-6)
+        cfg = Config(loss=Loss(content_layers=train.DEFAULT_CONTENT_LAYERS,
+                               style_layers=train.DEFAULT_STYLE_LAYERS, content_weight=1e5,
+                               style_weight=1e10, tv_weight=1e-6))
         style = rng.random((1, s, s, 3), dtype=np.float32)
         tl = train.make_loss(vgg, [style], [1.0], losses.LossSpec.from_config(cfg), args.dtype)
         step = train.make_step(tl)

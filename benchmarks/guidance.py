@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstyle import guidance, losses, optimize, vgg19
-from jaxstyle.config import Config
+from jaxstyle.config import Config, Optimizer
 
 
 def _problem(vgg, spec, content, style, regions: int):
@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
-    cfg = Config(optimizer="adam")
+    cfg = Config(optimizer=Optimizer(name="adam"))
     spec = losses.LossSpec.from_config(cfg)
     vgg = optimize.prepared(vgg19.init(jax.random.key(0), vgg19.Preprocessing(
         False, 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))), spec)

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
 
     stylize.stylize_batch(vgg, images["content"], [images["style"][0]], cfg, on_progress=seen,
                           every=(args.every,))
-    last = len(cfg.all_scales) - 1
+    last = len(cfg.schedule.all_scales) - 1
     for index, rows in sorted(records.items()):
         rows = [(0, 0.0, None)] + rows  # no image before the first chunk: changes start at W
         by_step = {k: (t, u8) for k, t, u8 in rows}
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
                 if index == last:
                     point["loss_u8"] = round(loss_at(index, k), 4)
                 points.append(point)
-            print(json.dumps({"scale": cfg.all_scales[index], "window": window,
+            print(json.dumps({"scale": cfg.schedule.all_scales[index], "window": window,
                               "tv_weight": args.tv_weight, "style_loss": args.style_loss,
                               "points": points}), flush=True)
     return 0

@@ -76,11 +76,11 @@ def _analysis(vgg, content, style, cfg) -> dict:
     x = jnp.asarray(content)
     targets = optimize.problem_targets(
         losses.targets(net, x, [jnp.asarray(style)[None]], np.ones(1, np.float32), spec,
-                       jnp.dtype(cfg.compute_dtype)), 1)
+                       jnp.dtype(cfg.network.compute_dtype)), 1)
     method = dataclasses.replace(optimize.Method.from_config(cfg), learning_rate=1.0)
     state = optimize.init_state(x, method)
     analysis = optimize.run_steps.lower(
-        state, 1, net, targets, losses.LossSpec.stack([spec]), method, cfg.compute_dtype,
+        state, 1, net, targets, losses.LossSpec.stack([spec]), method, cfg.network.compute_dtype,
         np.ones(1, np.float32), optimize.sequential_problems(x)).compile().memory_analysis()
     size = content.shape[1] * content.shape[2]
     return {"temp_bytes": analysis.temp_size_in_bytes,

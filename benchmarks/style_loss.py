@@ -9,7 +9,6 @@ same machine state. Prints one JSON line per (size, style loss) and a summary wi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -25,7 +24,7 @@ from jaxstyle.models import vgg19
 
 def _runner(vgg, size: int, style_loss: str, seed: int):
     """A function running ``steps`` L-BFGS steps from a fixed state; returns seconds taken."""
-    cfg = dataclasses.replace(Config(), style_loss=style_loss)
+    cfg = Config().replace(style_loss=style_loss)
     spec = losses.LossSpec.from_config(cfg)
     net = optimize.prepared(vgg, spec)
     rng = np.random.default_rng(seed)

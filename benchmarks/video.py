@@ -68,7 +68,7 @@ def run(vgg, film, style, cfg, weight, independent):
                                           [video.Previous(s, warped, mask)], weight,
                                           on_progress=count)
         out.append(video.quantize(result.images[0]))
-        per_scale[len(cfg.all_scales) - 1] = int(result.steps[0])
+        per_scale[len(cfg.schedule.all_scales) - 1] = int(result.steps[0])
         steps.append(sum(per_scale.values()))
         times.append(time.perf_counter() - start)
     return np.stack(out), steps, times
@@ -240,7 +240,7 @@ def main(argv=None) -> None:
     else:
         per_frame, steps_pf, times_pf = run(vgg, film, style, cfg, None, True)
     err_pf = float(warp.warping_error(per_frame, flows, masks))
-    dist_pf = style_distance(vgg, per_frame, style, cfg.style_layers)
+    dist_pf = style_distance(vgg, per_frame, style, cfg.loss.style_layers)
     report = dict(size=list(film.shape[1:3]), frames=len(film), step_px=args.step,
                   iterations_cap=args.iterations, device=str(jax.devices()[0]),
                   per_frame=dict(warping_error=err_pf, style_distance=dist_pf,
@@ -250,7 +250,7 @@ def main(argv=None) -> None:
     for weight in args.temporal_weight or [None]:
         out, steps, times = run(vgg, film, style, cfg, weight, False)
         err = float(warp.warping_error(out, flows, masks))
-        dist = style_distance(vgg, out, style, cfg.style_layers)
+        dist = style_distance(vgg, out, style, cfg.loss.style_layers)
         key = str(weight if weight is not None else video.default_temporal_weight(cfg))
         report["video"][key] = dict(
             warping_error=err, flicker_ratio=err_pf / max(err, 1e-30), style_distance=dist,

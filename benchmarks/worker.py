@@ -100,10 +100,10 @@ def _max_rss_bytes() -> int:
 
 def bench_config(optimizer: str, dtype: str) -> Config:
     """jaxstyle's `Config` for the reference's problem (its loss weights and Adam step)."""
-    return Config(content_weight=CONTENT_WEIGHT, style_weight=STYLE_WEIGHT, tv_weight=TV_WEIGHT,
-                  optimizer=optimizer,
-                  learning_rate=ADAM_LEARNING_RATE if optimizer == "adam" else None,
-                  compute_dtype=dtype)
+    return Config().replace(content_weight=CONTENT_WEIGHT, style_weight=STYLE_WEIGHT,
+                            tv_weight=TV_WEIGHT, optimizer=optimizer,
+                            learning_rate=ADAM_LEARNING_RATE if optimizer == "adam" else None,
+                            compute_dtype=dtype)
 
 
 def reference_image(path: str | os.PathLike, size: int) -> np.ndarray:
@@ -145,10 +145,10 @@ class Problem:
         content = jax.device_put(content, by_problem)
         compute_targets = jax.jit(losses.targets, static_argnames=("dtype",))
         targets = compute_targets(vgg, content, [style], (1.0,), spec,
-                                  dtype=jnp.dtype(cfg.compute_dtype))
+                                  dtype=jnp.dtype(cfg.network.compute_dtype))
         per_problem = optimize.problem_targets(targets, content.shape[0])
         return cls(vgg, content, targets, jax.block_until_ready(per_problem), spec,
-                   optimize.Method.from_config(cfg), cfg.compute_dtype)
+                   optimize.Method.from_config(cfg), cfg.network.compute_dtype)
 
     def initial_state(self) -> optimize.RunState:
         return optimize.init_state(self.images, self.method)

@@ -7,11 +7,12 @@ The entry points, all importable from the top level::
     vgg = jaxstyle.load("vgg19.safetensors")           # or a Keras .h5 / torchvision .pth file
     content = jaxstyle.load_image("tubingen.jpg", long_side=512)   # float32[H, W, 3] in [0, 1]
     style = jaxstyle.load_image("starry_night.jpg", long_side=512)
-    cfg = jaxstyle.Config(num_iterations=500)
+    cfg = jaxstyle.Config().replace(num_iterations=500)
     out = jaxstyle.stylize.stylize(vgg, content, [style], cfg)      # float32[H, W, 3]
     jaxstyle.save_image(out, "out.png")
 
-- `Config`: every setting of a run, with documented defaults; `JaxstyleError`, `ConfigError`: the
+- `Config`: every setting of a run, with documented defaults, in six sections (`Loss`,
+  `Optimizer`, `Schedule`, `Start`, `Output`, `Network`); `JaxstyleError`, `ConfigError`: the
   one-line errors.
 - `load`, `vgg19`: VGG-19 from a weights file, and the network's pure functions (``features``,
   ``prepare``, ``truncate``).
@@ -50,6 +51,12 @@ __version__ = "0.1.0"
 # name -> (module, attribute in it; None: the module itself). `__getattr__` imports them.
 _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Config": ("jaxstyle.config", "Config"),
+    "Loss": ("jaxstyle.config", "Loss"),
+    "Optimizer": ("jaxstyle.config", "Optimizer"),
+    "Schedule": ("jaxstyle.config", "Schedule"),
+    "Start": ("jaxstyle.config", "Start"),
+    "Output": ("jaxstyle.config", "Output"),
+    "Network": ("jaxstyle.config", "Network"),
     "JaxstyleError": ("jaxstyle.errors", "JaxstyleError"),
     "ConfigError": ("jaxstyle.errors", "ConfigError"),
     "load": ("jaxstyle.vgg19", "load"),
@@ -69,14 +76,15 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
 }
 
 # Written out, not computed, so that type checkers read it (a test keeps it equal to the table).
-__all__ = ["__version__", "Config", "JaxstyleError", "ConfigError", "load", "vgg19", "losses",
-           "optimize", "stylize", "stylize_batch", "stylize_many", "stylize_sweep", "train",
-           "transformer", "apply", "image_io", "load_image", "save_image"]
+__all__ = ["__version__", "Config", "Loss", "Optimizer", "Schedule", "Start", "Output", "Network",
+           "JaxstyleError", "ConfigError", "load", "vgg19", "losses", "optimize", "stylize",
+           "stylize_batch", "stylize_many", "stylize_sweep", "train", "transformer", "apply",
+           "image_io", "load_image", "save_image"]
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time `__getattr__` imports these
     from jaxstyle import image_io, losses, optimize, stylize, train, vgg19
     from jaxstyle.batch import stylize_many
-    from jaxstyle.config import Config
+    from jaxstyle.config import Config, Loss, Network, Optimizer, Output, Schedule, Start
     from jaxstyle.errors import ConfigError, JaxstyleError
     from jaxstyle.image_io import load_image, save_image
     from jaxstyle.models import transformer

@@ -1,8 +1,9 @@
 """Many content images at once: shape buckets, vmapped runs, sharding across devices and hosts.
 
 Policy (documented in the README):
-  * every content image is resized so its long side is the final scale (``cfg.all_scales[-1]``),
-    then images are grouped into buckets of equal shape; landscape 4:3 photos share a bucket;
+  * every content image is resized so its long side is the final scale
+    (``cfg.schedule.all_scales[-1]``), then images are grouped into buckets of equal shape;
+    landscape 4:3 photos share a bucket;
   * a bucket runs in batches of at most ``batch_size`` problems; every batch of a bucket is padded
     to the same size (by repeating its first image, results discarded) and to a multiple of the
     device count, so there is at most one compilation per distinct shape;
@@ -90,10 +91,10 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
 
     Args:
       contents: float32[H_i, W_i, 3] in [0, 1], any sizes (resized to the final scale's long side).
-      styles: float32[Hs, Ws, 3] style images (blended by ``cfg.style_blend_weights``).
+      styles: float32[Hs, Ws, 3] style images (blended by ``cfg.loss.style_blend_weights``).
       batch_size: the most problems per compiled run (caps memory).
       mesh: the device mesh (default: all devices).
-      init_image: float32[Hi, Wi, 3], every problem's start for ``cfg.init == "image"``.
+      init_image: float32[Hi, Wi, 3], every problem's start for ``cfg.start.init == "image"``.
       bucket: run on shape buckets (`jaxstyle.buckets`): photos whose padded shapes match share
         every compiled program (batches hold photos of one size; a bucket's batches all have
         the same number of problems).
@@ -103,7 +104,7 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
     """
     mesh = mesh or device_mesh()
     num_devices = mesh.devices.size
-    final = cfg.all_scales[-1]
+    final = cfg.schedule.all_scales[-1]
     # Bucketed, resized on the host: a jitted resize compiles for every photo's own shape.
     fit = shape_buckets.resize if bucket else resize
     resized = [fit(np.asarray(c, np.float32), *fit_long_side(c.shape[0], c.shape[1], final))
@@ -119,7 +120,7 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
         buckets = dict(sorted(buckets.items(), key=lambda item: padded[item[0]]))
     problems_sharding = NamedSharding(mesh, PartitionSpec("batch"))
     vgg = jax.device_put(vgg, NamedSharding(mesh, PartitionSpec()))
-    total = len(contents) * cfg.total_iterations
+    total = len(contents) * cfg.schedule.total_iterations
     done_before = 0
     results: dict[int, stylize_lib.Result] = {}
     for shape, keys in buckets.items():
@@ -131,7 +132,7 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
 
             def report(p, base=done_before, keys=tuple(batch)):
                 if on_progress is not None:
-                    step = cfg.iterations_before(p.scale_index) + p.iteration
+                    step = cfg.schedule.iterations_before(p.scale_index) + p.iteration
                     on_progress(BatchProgress(base + len(keys) * step, total, p, keys))
 
             result = stylize_lib.stylize_batch(vgg, stacked, styles, cfg, init_image=init_image,
@@ -139,5 +140,5 @@ def stylize_many(vgg: vgg19.VGG, contents: Sequence[np.ndarray], styles: Sequenc
                                                bucket=bucket)
             for i, key in enumerate(batch):
                 results[key] = result.problem(i)
-            done_before += len(batch) * cfg.total_iterations
+            done_before += len(batch) * cfg.schedule.total_iterations
     return [results[i] for i in range(len(contents))]

@@ -1,4 +1,13 @@
-"""The one configuration of a style-transfer run: a frozen dataclass with documented defaults.
+"""The one configuration of a style-transfer run: frozen dataclasses with documented defaults.
+
+A `Config` is six typed sections: `Loss` (what is minimized), `Optimizer` (how), `Schedule` (at
+which sizes, for how many steps, when to stop), `Start` (the first image), `Output` (which iterate
+is the result) and `Network` (how VGG-19 runs). Code reads a setting from its section
+(``cfg.schedule.num_iterations``, ``cfg.optimizer.name``).
+
+Outside the code every setting keeps one flat name, unique across the sections: the names of
+`FIELDS` (``content_weight``, ``optimizer``, ``num_iterations``, ...). Flags, presets, sweeps,
+checkpoints and errors use them; `Config.replace` takes them and `Config.flat` gives them back.
 
 Defaults reproduce jcjohnson/neural-style (content relu4_2; style relu1_1 … relu5_1; content weight
 5, style weight 100, TV 1e-3; L-BFGS; 1000 iterations; 512 px long side). Those weights are on the
@@ -6,8 +15,8 @@ scale of caffe-convention VGG weights (the default Keras file, or the caffe .pth
 weights see inputs ~1/1000 as large, so their features and losses are far smaller: raise the content
 and style weights (e.g. 1e4 and 1e9) when using them.
 
-The CLI maps its flags one to one onto these fields (``--content-weight`` → ``content_weight``).
-Errors name a setting as ``Config.<field>`` (``Config.scales=256,512``); the CLI shows each as
+The CLI maps its flags one to one onto the flat names (``--content-weight`` → ``content_weight``).
+Errors name a setting as ``Config.<name>`` (``Config.scales=256,512``); the CLI shows each as
 its flag (``--scales 256,512``: `cli.common.in_flag_words`). The config holds no file names:
 images (content, styles, a start image, masks) are arrays the caller passes in.
 """
@@ -16,112 +25,58 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal, Sequence, get_args
+import typing
+from typing import Any, Literal, Sequence, get_args
 
 from jaxstyle.models import vgg19
 from jaxstyle.errors import ConfigError
 
 # The choices of each setting, as types (for readers and type checkers) and as tuples (for
 # validation and the command line's choices), one derived from the other.
-Optimizer = Literal["lbfgs", "adam"]
+OptimizerName = Literal["lbfgs", "adam"]
 Init = Literal["content", "noise", "style", "image"]
 Normalization = Literal["neural-style", "gatys"]
 Dtype = Literal["float32", "bfloat16"]
 StyleLoss = Literal["gram", "w2"]
 LossScale = Literal["absolute", "relative"]
 Pooling = Literal["max", "avg"]
-OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 INITS: tuple[str, ...] = get_args(Init)
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 DTYPES: tuple[str, ...] = get_args(Dtype)
 HISTORY_DTYPES = DTYPES
 STYLE_LOSSES: tuple[str, ...] = get_args(StyleLoss)
 LOSS_SCALES: tuple[str, ...] = get_args(LossScale)
-MIN_PYRAMID_SIDE = 64  # the coarsest scale `Config.num_scales` makes, in pixels (long side)
+MIN_PYRAMID_SIDE = 64  # the coarsest scale `Schedule.num_scales` makes, in pixels (long side)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Everything that decides the result of a run.
+class Loss:
+    """What the optimizer minimizes: the content, style and TV terms and their weights.
 
-    Loss:
-      content_layers: VGG-19 layers whose activations are matched to the content image's.
-      style_layers: layers whose Gram matrices are matched to the style images'.
-      content_layer_weights / style_layer_weights: one weight per layer (None: 1.0 each).
-      content_weight, style_weight, tv_weight: weights of the three terms.
-      style_blend_weights: one per style image (None: equal); normalized to sum to 1. The target
-        Gram of a layer is the blend of the styles' Grams, as in neural-style.
-      normalization: "neural-style": Gram / (C·H·W), mean-squared-error content and style terms,
-        TV = ½·Σ(255·Δx)² (neural-style's pixel scale). "gatys": Gram unnormalized, style term
-        Σ(G−A)² / (4·C²·(H·W)²), content term ½·Σ(F−P)², same TV. (Gatys et al. 2016, eqs. 1–5.)
-    Optimization:
-      optimizer: "lbfgs" (history ``lbfgs_memory``, no line search, first step capped at unit
-        gradient norm, like torch.optim.LBFGS in neural-style) or "adam" (``learning_rate``).
-      lbfgs_history_dtype: "float32" (default) or "bfloat16": the dtype the L-BFGS curvature
-        pairs are stored in; bfloat16 halves the history (2·memory images), the arithmetic stays
-        float32.
-      lbfgs_pyramid: L-BFGS preconditioned by an image pyramid of this many levels (each half
-        the size of the one before; `jaxstyle.pyramid`): large-scale structure converges as fast
-        as detail. 1 (Config's default, and the "neural-style" preset's) is plain L-BFGS; the
-        "fast" preset (the CLI's default) uses 5 (docs/performance.md).
-      learning_rate: Adam's step in [0, 1] pixel units (neural-style's 10 on its 0–255 scale ≈ 0.04).
-        L-BFGS scales its step by it too (1.0: the quasi-Newton step).
-      num_iterations: optimizer steps per scale. One step is one loss+gradient evaluation.
-      The image is kept in [0, 1] by projection: every step's result is clipped to the box.
-    Images:
-      image_size: long side of the output in pixels (the content image is resized to it).
-      scales: coarse-to-fine long sides, e.g. (256, 512, 1024): optimize at each in turn, starting
-        from the previous result upsampled. None: the pyramid of ``num_scales``.
-      num_scales: when ``scales`` is None, a pyramid of this many scales that halves
-        ``image_size`` each time, keeping only sides of at least ``MIN_PYRAMID_SIDE`` (64) px
-        (3 at 256 px: 64, 128, 256). 1: just ``image_size``. Coarse scales cost a fraction of a
-        step at full size and find the picture's layout; the full size then only refines it
-        (docs/performance.md).
-      coarse_iterations: the cap on steps at every scale but the last (None: ``num_iterations``;
-        never more than ``num_iterations``).
-      style_scale: style images are resized to ``style_scale × image_size`` on their long side.
-      init: "content", "noise" (uniform, from ``seed``), "style" (the first style image resized to
-        the content's size) or "image" (the ``init_image`` array given to `stylize.stylize_batch`,
-        resized likewise).
-      original_colors: keep the content image's colours (luminance transfer, as neural-style).
-      color_match: recolour each style image to the content's RGB mean and covariance before the
-        transfer (Gatys et al. 2017, section 5; `imageops.match_colors`). One content image per run.
-    Network:
-      pooling: "max" or "avg" (Gatys et al. prefer average pooling).
-      compute_dtype: "float32", or "bfloat16" for convolutions on hardware with it (Grams, losses,
-        the image and optimizer state stay float32).
-    Stopping and the result (see `tracking.Tracking`):
-      stop_tolerance: a problem stops (and its image freezes) when its lowest loss so far improved
-        by less than this fraction over the last ``stop_window`` steps; 0 never stops early.
-        ``num_iterations`` stays the cap.
-      stop_window: that window, in steps.
-      stop_change: a problem stops when its image, as an 8-bit file would hold it
-        (round(255·x)), changed by less than this many levels on average (mean absolute change
-        over the photo's values, padding excluded) since ``stop_window`` steps earlier; checked
-        every ``stop_window`` steps. It follows the picture, whatever the loss weights; 0 never
-        stops. With ``stop_tolerance`` too, a problem stops when either rule says so.
-      average: if > 0, the result is the bias-corrected exponential moving average of the iterates
-        with this decay (e.g. 0.9), which removes the high-frequency noise of the last steps.
-      keep_best: the result is the iterate with the lowest loss evaluated (for non-monotone
-        optimizers such as Adam). ``average`` takes precedence.
-    Loss variants:
-      style_loss: "gram" (the Gram-matrix terms above) or "w2": the squared Wasserstein-2 distance
-        between Gaussian fits (mean and covariance) of the image's and the style's features, per
-        layer, divided by the channel count; several styles are blended by their first and second
-        moments (see `losses.w2_style_loss`).
-      loss_scale: "absolute": the weights mean what they mean in neural-style (their balance suits
-        caffe-convention weights). "relative": each layer's content and style term is divided by
-        its target's scale (mean square of the content features; mean square of the target Gram,
-        or for "w2" the target's second moment per channel) and TV by the content image's own TV,
-        so that the same weights give a comparable balance with any weights file
-        (`losses.relative_spec`). The CLI uses "relative" with ``RELATIVE_WEIGHTS`` when no loss
-        weight is given.
-    Batches:
-      exact_batch: run the problems of a batch (images, sweep cells, film segments) one after
-        another inside the compiled loop on accelerators too, so that each equals its run alone to
-        the last bit, as it always does on a CPU. Vmapped (the default on accelerators) they share
-        each matrix product, 1.5-5x faster on an H200, but its rounding differs from a lone run's
-        and the optimizer amplifies that (up to ~40 levels of an 8-bit image in 8 steps at 48 px).
+    content_layers: VGG-19 layers whose activations are matched to the content image's.
+    style_layers: layers whose Gram matrices are matched to the style images'.
+    content_layer_weights / style_layer_weights: one weight per layer (None: 1.0 each).
+    content_weight, style_weight, tv_weight: weights of the three terms.
+    style_blend_weights: one per style image (None: equal); normalized to sum to 1. The target
+      Gram of a layer is the blend of the styles' Grams, as in neural-style.
+    normalization: "neural-style": Gram / (C·H·W), mean-squared-error content and style terms,
+      TV = ½·Σ(255·Δx)² (neural-style's pixel scale). "gatys": Gram unnormalized, style term
+      Σ(G−A)² / (4·C²·(H·W)²), content term ½·Σ(F−P)², same TV. (Gatys et al. 2016, eqs. 1–5.)
+    style_loss: "gram" (the Gram-matrix terms above) or "w2": the squared Wasserstein-2 distance
+      between Gaussian fits (mean and covariance) of the image's and the style's features, per
+      layer, divided by the channel count; several styles are blended by their first and second
+      moments (see `losses.w2_style_loss`).
+    loss_scale: "absolute": the weights mean what they mean in neural-style (their balance suits
+      caffe-convention weights). "relative": each layer's content and style term is divided by
+      its target's scale (mean square of the content features; mean square of the target Gram,
+      or for "w2" the target's second moment per channel) and TV by the content image's own TV,
+      so that the same weights give a comparable balance with any weights file
+      (`losses.relative_spec`). The CLI uses "relative" with ``RELATIVE_WEIGHTS`` when no loss
+      weight is given.
+    style_scale: style images are resized to ``style_scale × image_size`` on their long side.
+    color_match: recolour each style image to the content's RGB mean and covariance before the
+      transfer (Gatys et al. 2017, section 5; `imageops.match_colors`). One content image per run.
     """
 
     content_layers: tuple[str, ...] = ("relu4_2",)
@@ -133,45 +88,106 @@ class Config:
     tv_weight: float = 1e-3
     style_blend_weights: tuple[float, ...] | None = None
     normalization: Normalization = "neural-style"
+    style_loss: StyleLoss = "gram"
+    loss_scale: LossScale = "absolute"
+    style_scale: float = 1.0
+    color_match: bool = False
 
-    optimizer: Optimizer = "lbfgs"
+    def __post_init__(self) -> None:
+        _check_loss(self)
+
+    def blend_weights(self, num_styles: int) -> tuple[float, ...]:
+        """Normalized blend weights for ``num_styles`` style images."""
+        weights = self.style_blend_weights or (1.0,) * num_styles
+        if len(weights) != num_styles:
+            raise ConfigError(f"{len(weights)} style blend weights given for {num_styles} style images;"
+                             " give one per style image")
+        total = sum(weights)
+        return tuple(w / total for w in weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """How the image is optimized. The image is kept in [0, 1] by projection: every step's result
+    is clipped to the box.
+
+    name (flat name ``optimizer``): "lbfgs" (history ``lbfgs_memory``, no line search, first step
+      capped at unit gradient norm, like torch.optim.LBFGS in neural-style) or "adam"
+      (``learning_rate``).
+    learning_rate: Adam's step in [0, 1] pixel units (neural-style's 10 on its 0–255 scale ≈ 0.04).
+      L-BFGS scales its step by it too (1.0: the quasi-Newton step). None: the optimizer's default
+      (`step_size`).
+    lbfgs_memory: the number of curvature pairs L-BFGS keeps (100).
+    lbfgs_history_dtype: "float32" (default) or "bfloat16": the dtype the L-BFGS curvature
+      pairs are stored in; bfloat16 halves the history (2·memory images), the arithmetic stays
+      float32.
+    lbfgs_pyramid: L-BFGS preconditioned by an image pyramid of this many levels (each half
+      the size of the one before; `jaxstyle.pyramid`): large-scale structure converges as fast
+      as detail. 1 (Config's default, and the "neural-style" preset's) is plain L-BFGS; the
+      "fast" preset (the CLI's default) uses 5 (docs/performance.md).
+    exact_batch: run the problems of a batch (images, sweep cells, film segments) one after
+      another inside the compiled loop on accelerators too, so that each equals its run alone to
+      the last bit, as it always does on a CPU. Vmapped (the default on accelerators) they share
+      each matrix product, 1.5-5x faster on an H200, but its rounding differs from a lone run's
+      and the optimizer amplifies that (up to ~40 levels of an 8-bit image in 8 steps at 48 px).
+    """
+
+    name: OptimizerName = "lbfgs"
     learning_rate: float | None = None
     lbfgs_memory: int = 100
     lbfgs_history_dtype: Dtype = "float32"
     lbfgs_pyramid: int = 1
-    num_iterations: int = 1000
-
-    image_size: int = 512
-    scales: tuple[int, ...] | None = None
-    num_scales: int = 1
-    coarse_iterations: int | None = None
-    style_scale: float = 1.0
-    init: Init = "content"
-    seed: int = 0
-    original_colors: bool = False
-    color_match: bool = False
-
-    pooling: Pooling = "max"
-    compute_dtype: Dtype = "float32"
-
-    stop_tolerance: float = 0.0
-    stop_window: int = 50
-    stop_change: float = 0.0
-    average: float = 0.0
-    keep_best: bool = False
-    style_loss: StyleLoss = "gram"
-    loss_scale: LossScale = "absolute"
     exact_batch: bool = False
 
     def __post_init__(self) -> None:
-        validate(self)
+        _check_optimizer(self)
 
     @property
     def step_size(self) -> float:
         """The optimizer's learning rate: ``learning_rate`` or the optimizer's default."""
         if self.learning_rate is not None:
             return self.learning_rate
-        return 1.0 if self.optimizer == "lbfgs" else 0.04
+        return 1.0 if self.name == "lbfgs" else 0.04
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The sizes a run optimizes at, the steps it takes at each, and when it stops early (see
+    `tracking.Tracking`).
+
+    image_size: long side of the output in pixels (the content image is resized to it).
+    scales: coarse-to-fine long sides, e.g. (256, 512, 1024): optimize at each in turn, starting
+      from the previous result upsampled. None: the pyramid of ``num_scales``.
+    num_scales: when ``scales`` is None, a pyramid of this many scales that halves
+      ``image_size`` each time, keeping only sides of at least ``MIN_PYRAMID_SIDE`` (64) px
+      (3 at 256 px: 64, 128, 256). 1: just ``image_size``. Coarse scales cost a fraction of a
+      step at full size and find the picture's layout; the full size then only refines it
+      (docs/performance.md).
+    num_iterations: optimizer steps per scale. One step is one loss+gradient evaluation.
+    coarse_iterations: the cap on steps at every scale but the last (None: ``num_iterations``;
+      never more than ``num_iterations``).
+    stop_tolerance: a problem stops (and its image freezes) when its lowest loss so far improved
+      by less than this fraction over the last ``stop_window`` steps; 0 never stops early.
+      ``num_iterations`` stays the cap.
+    stop_window: that window, in steps.
+    stop_change: a problem stops when its image, as an 8-bit file would hold it
+      (round(255·x)), changed by less than this many levels on average (mean absolute change
+      over the photo's values, padding excluded) since ``stop_window`` steps earlier; checked
+      every ``stop_window`` steps. It follows the picture, whatever the loss weights; 0 never
+      stops. With ``stop_tolerance`` too, a problem stops when either rule says so.
+    """
+
+    image_size: int = 512
+    scales: tuple[int, ...] | None = None
+    num_scales: int = 1
+    num_iterations: int = 1000
+    coarse_iterations: int | None = None
+    stop_tolerance: float = 0.0
+    stop_window: int = 50
+    stop_change: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_schedule(self)
 
     @property
     def all_scales(self) -> tuple[int, ...]:
@@ -196,14 +212,112 @@ class Config:
         """Steps (at most) run before scale ``scale_index`` starts."""
         return sum(self.scale_iterations[:scale_index])
 
-    def blend_weights(self, num_styles: int) -> tuple[float, ...]:
-        """Normalized blend weights for ``num_styles`` style images."""
-        weights = self.style_blend_weights or (1.0,) * num_styles
-        if len(weights) != num_styles:
-            raise ConfigError(f"{len(weights)} style blend weights given for {num_styles} style images;"
-                             " give one per style image")
-        total = sum(weights)
-        return tuple(w / total for w in weights)
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """The image the optimization starts from.
+
+    init: "content", "noise" (uniform, from ``seed``), "style" (the first style image resized to
+      the content's size) or "image" (the ``init_image`` array given to `stylize.stylize_batch`,
+      resized likewise).
+    seed: the random seed of the "noise" start (0).
+    """
+
+    init: Init = "content"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_start(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """Which image a run returns (see `tracking.Tracking`).
+
+    original_colors: keep the content image's colours (luminance transfer, as neural-style).
+    average: if > 0, the result is the bias-corrected exponential moving average of the iterates
+      with this decay (e.g. 0.9), which removes the high-frequency noise of the last steps.
+    keep_best: the result is the iterate with the lowest loss evaluated (for non-monotone
+      optimizers such as Adam). ``average`` takes precedence.
+    """
+
+    original_colors: bool = False
+    average: float = 0.0
+    keep_best: bool = False
+
+    def __post_init__(self) -> None:
+        _check_output(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """How VGG-19 runs.
+
+    pooling: "max" or "avg" (Gatys et al. prefer average pooling).
+    compute_dtype: "float32", or "bfloat16" for convolutions on hardware with it (Grams, losses,
+      the image and optimizer state stay float32).
+    """
+
+    pooling: Pooling = "max"
+    compute_dtype: Dtype = "float32"
+
+    def __post_init__(self) -> None:
+        _check_network(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that decides the result of a run, in six sections (each documents its settings
+    and their defaults). ``Config()`` is neural-style's defaults; change settings by their flat
+    names (`FIELDS`) with `replace` (``Config().replace(num_iterations=500, image_size=256)``) or
+    give whole sections (``Config(schedule=Schedule(num_iterations=500))``)."""
+
+    loss: Loss = dataclasses.field(default_factory=Loss)
+    optimizer: Optimizer = dataclasses.field(default_factory=Optimizer)
+    schedule: Schedule = dataclasses.field(default_factory=Schedule)
+    start: Start = dataclasses.field(default_factory=Start)
+    output: Output = dataclasses.field(default_factory=Output)
+    network: Network = dataclasses.field(default_factory=Network)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def replace(self, **settings: Any) -> Config:
+        """A copy with ``settings`` (flat names: ``content_weight``, ``optimizer``, ...) set in
+        their sections, validated. ConfigError for a name that is not a setting."""
+        changes: dict[str, dict[str, Any]] = {}
+        for name, value in settings.items():
+            if name not in FIELDS:
+                raise ConfigError(f"Config.{name} is not a setting (the settings: config.FIELDS)")
+            section, attribute = FIELDS[name]
+            changes.setdefault(section, {})[attribute] = value
+        return dataclasses.replace(self, **{
+            section: dataclasses.replace(getattr(self, section), **values)
+            for section, values in changes.items()})
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name (`FIELDS`' order): what checkpoints and logs record."""
+        return {name: getattr(getattr(self, section), attribute)
+                for name, (section, attribute) in FIELDS.items()}
+
+
+# Section name -> its class, in `Config`'s order.
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+# Flat name -> (section, attribute). The flat name is the attribute's, except the optimizer's
+# choice: ``optimizer`` outside, ``Config.optimizer.name`` inside.
+_RENAMED = {("optimizer", "name"): "optimizer"}
+FIELDS: dict[str, tuple[str, str]] = {
+    _RENAMED.get((section, f.name), f.name): (section, f.name)
+    for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+if len(FIELDS) != sum(len(dataclasses.fields(cls)) for cls in SECTIONS.values()):
+    raise TypeError("two settings of jaxstyle.config share a flat name")
+_FLAT = {place: name for name, place in FIELDS.items()}
+
+
+def field_type(name: str) -> Any:
+    """The type of the setting of flat name ``name`` (as its section annotates it)."""
+    section, attribute = FIELDS[name]
+    return typing.get_type_hints(SECTIONS[section])[attribute]
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -221,66 +335,101 @@ def _check_layer_weights(kind: str, layers: tuple[str, ...], weights: tuple[floa
         raise ConfigError(f"{kind} layer weights must be >= 0")
 
 
-def _check_finite(cfg: Config) -> None:
+def _check_finite(section: str, values: Any) -> None:
     """NaN and infinities pass every comparison the checks below make (or fail them with the wrong
     advice), so every number must be finite first."""
-    for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        values = value if isinstance(value, tuple) else (value,)
-        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            raise ConfigError(f"{field.name.replace('_', ' ')} must be finite numbers; got {value}")
+    for field in dataclasses.fields(values):
+        value = getattr(values, field.name)
+        items = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            name = _FLAT[section, field.name]
+            raise ConfigError(f"{name.replace('_', ' ')} must be finite numbers; got {value}")
+
+
+def _check_loss(loss: Loss) -> None:
+    _check_finite("loss", loss)
+    vgg19.check_layers(loss.content_layers)
+    vgg19.check_layers(loss.style_layers)
+    _check_layer_weights("content", loss.content_layers, loss.content_layer_weights)
+    _check_layer_weights("style", loss.style_layers, loss.style_layer_weights)
+    for name in ("content_weight", "style_weight", "tv_weight"):
+        if getattr(loss, name) < 0:
+            raise ConfigError(f"{name.replace('_', ' ')} must be >= 0; got {getattr(loss, name)}")
+    if loss.style_blend_weights is not None and (
+            any(w < 0 for w in loss.style_blend_weights) or sum(loss.style_blend_weights) <= 0):
+        raise ConfigError("style blend weights must be >= 0 with a positive sum")
+    _check_choice("normalization", loss.normalization, NORMALIZATIONS)
+    if not loss.style_scale > 0:
+        raise ConfigError(f"style scale must be > 0; got {loss.style_scale}")
+    _check_choice("style loss", loss.style_loss, STYLE_LOSSES)
+    _check_choice("loss scale", loss.loss_scale, LOSS_SCALES)
+
+
+def _check_optimizer(opt: Optimizer) -> None:
+    _check_finite("optimizer", opt)
+    _check_choice("optimizer", opt.name, OPTIMIZERS)
+    if opt.learning_rate is not None and not opt.learning_rate > 0:
+        raise ConfigError(f"learning rate must be > 0; got {opt.learning_rate}")
+    if opt.lbfgs_memory < 1:
+        raise ConfigError(f"L-BFGS memory must be >= 1; got {opt.lbfgs_memory}")
+    _check_choice("L-BFGS history dtype", opt.lbfgs_history_dtype, HISTORY_DTYPES)
+    if opt.lbfgs_pyramid < 1:
+        raise ConfigError(f"L-BFGS pyramid levels must be >= 1; got {opt.lbfgs_pyramid}")
+
+
+def _check_schedule(schedule: Schedule) -> None:
+    _check_finite("schedule", schedule)
+    if schedule.num_iterations < 1:
+        raise ConfigError(f"number of iterations must be >= 1; got {schedule.num_iterations}")
+    if schedule.num_scales < 1:
+        raise ConfigError(f"number of scales must be >= 1; got {schedule.num_scales}")
+    if schedule.coarse_iterations is not None and schedule.coarse_iterations < 1:
+        raise ConfigError(f"coarse iterations must be >= 1; got {schedule.coarse_iterations}")
+    if schedule.image_size < 16:
+        raise ConfigError("image size must be >= 16 pixels (VGG-19 needs it); got "
+                          f"{schedule.image_size}")
+    scales = schedule.scales
+    if scales is not None and (not scales or min(scales) < 16):
+        raise ConfigError(f"every scale must be >= 16 pixels; got {scales}")
+    if scales is not None and any(b <= a for a, b in zip(scales, scales[1:])):
+        raise ConfigError("scales must be strictly increasing, coarse to fine (e.g. "
+                          f"Config.scales=256,512,1024); got {','.join(map(str, scales))}")
+    if not schedule.stop_tolerance >= 0:
+        raise ConfigError(f"stop tolerance must be >= 0; got {schedule.stop_tolerance}")
+    if not schedule.stop_change >= 0:
+        raise ConfigError(f"stop change must be >= 0 levels; got {schedule.stop_change}")
+    if schedule.stop_window < 1:
+        raise ConfigError(f"stop window must be >= 1 step; got {schedule.stop_window}")
+
+
+def _check_start(start: Start) -> None:
+    _check_choice("init", start.init, INITS)
+
+
+def _check_output(output: Output) -> None:
+    _check_finite("output", output)
+    if not 0 <= output.average < 1:
+        raise ConfigError(f"average decay must be in [0, 1); got {output.average}")
+
+
+def _check_network(network: Network) -> None:
+    _check_choice("pooling", network.pooling, vgg19.POOLINGS)
+    _check_choice("compute dtype", network.compute_dtype, DTYPES)
+
+
+_CHECKS = {Loss: _check_loss, Optimizer: _check_optimizer, Schedule: _check_schedule,
+           Start: _check_start, Output: _check_output, Network: _check_network}
 
 
 def validate(cfg: Config) -> None:
-    """Raises ConfigError (a ValueError) with a one-line message for the first invalid field."""
-    _check_finite(cfg)
-    vgg19.check_layers(cfg.content_layers)
-    vgg19.check_layers(cfg.style_layers)
-    _check_layer_weights("content", cfg.content_layers, cfg.content_layer_weights)
-    _check_layer_weights("style", cfg.style_layers, cfg.style_layer_weights)
-    for name in ("content_weight", "style_weight", "tv_weight"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"{name.replace('_', ' ')} must be >= 0; got {getattr(cfg, name)}")
-    if cfg.style_blend_weights is not None and (
-            any(w < 0 for w in cfg.style_blend_weights) or sum(cfg.style_blend_weights) <= 0):
-        raise ConfigError("style blend weights must be >= 0 with a positive sum")
-    _check_choice("normalization", cfg.normalization, NORMALIZATIONS)
-    _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
-    _check_choice("init", cfg.init, INITS)
-    _check_choice("pooling", cfg.pooling, vgg19.POOLINGS)
-    _check_choice("compute dtype", cfg.compute_dtype, DTYPES)
-    if cfg.learning_rate is not None and not cfg.learning_rate > 0:
-        raise ConfigError(f"learning rate must be > 0; got {cfg.learning_rate}")
-    if cfg.lbfgs_memory < 1:
-        raise ConfigError(f"L-BFGS memory must be >= 1; got {cfg.lbfgs_memory}")
-    _check_choice("L-BFGS history dtype", cfg.lbfgs_history_dtype, HISTORY_DTYPES)
-    if cfg.lbfgs_pyramid < 1:
-        raise ConfigError(f"L-BFGS pyramid levels must be >= 1; got {cfg.lbfgs_pyramid}")
-    if cfg.num_iterations < 1:
-        raise ConfigError(f"number of iterations must be >= 1; got {cfg.num_iterations}")
-    if cfg.num_scales < 1:
-        raise ConfigError(f"number of scales must be >= 1; got {cfg.num_scales}")
-    if cfg.coarse_iterations is not None and cfg.coarse_iterations < 1:
-        raise ConfigError(f"coarse iterations must be >= 1; got {cfg.coarse_iterations}")
-    if cfg.image_size < 16:
-        raise ConfigError(f"image size must be >= 16 pixels (VGG-19 needs it); got {cfg.image_size}")
-    if cfg.scales is not None and (not cfg.scales or min(cfg.scales) < 16):
-        raise ConfigError(f"every scale must be >= 16 pixels; got {cfg.scales}")
-    if cfg.scales is not None and any(b <= a for a, b in zip(cfg.scales, cfg.scales[1:])):
-        raise ConfigError("scales must be strictly increasing, coarse to fine (e.g. "
-                          f"Config.scales=256,512,1024); got {','.join(map(str, cfg.scales))}")
-    if not cfg.style_scale > 0:
-        raise ConfigError(f"style scale must be > 0; got {cfg.style_scale}")
-    if not cfg.stop_tolerance >= 0:
-        raise ConfigError(f"stop tolerance must be >= 0; got {cfg.stop_tolerance}")
-    if not cfg.stop_change >= 0:
-        raise ConfigError(f"stop change must be >= 0 levels; got {cfg.stop_change}")
-    if cfg.stop_window < 1:
-        raise ConfigError(f"stop window must be >= 1 step; got {cfg.stop_window}")
-    if not 0 <= cfg.average < 1:
-        raise ConfigError(f"average decay must be in [0, 1); got {cfg.average}")
-    _check_choice("style loss", cfg.style_loss, STYLE_LOSSES)
-    _check_choice("loss scale", cfg.loss_scale, LOSS_SCALES)
+    """Raises ConfigError (a ValueError) with a one-line message for the first invalid setting,
+    checking every section (each also checks itself when it is made)."""
+    for section, cls in SECTIONS.items():
+        values = getattr(cfg, section)
+        if not isinstance(values, cls):
+            raise ConfigError(f"Config's {section} must be a config.{cls.__name__}; got "
+                              f"{type(values).__name__}")
+        _CHECKS[cls](values)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,26 +465,26 @@ PRESETS: dict[str, dict] = {
 
 
 def from_preset(name: str, **fields) -> Config:
-    """A `Config` from preset ``name`` (see `PRESETS`) with ``fields`` overriding it. Fields that
-    are None are left to the preset (or to `Config`'s default)."""
+    """A `Config` from preset ``name`` (see `PRESETS`) with ``fields`` (flat names, `FIELDS`)
+    overriding it. Fields that are None are left to the preset (or to `Config`'s default)."""
     if name not in PRESETS:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
     values = dict(PRESETS[name])
     values.update({k: v for k, v in fields.items() if v is not None})
-    return Config(**values)
+    return Config().replace(**values)
 
 
-# Settings that may differ between the problems of one compiled run (a sweep): none of them changes
-# a shape or a static argument.
+# Settings (flat names) that may differ between the problems of one compiled run (a sweep): none
+# of them changes a shape or a static argument.
 SWEEPABLE = ("content_weight", "style_weight", "tv_weight", "content_layer_weights",
              "style_layer_weights", "style_blend_weights", "learning_rate", "seed", "init")
 
 
 def check_sweep(cfgs: Sequence[Config]) -> None:
-    """ConfigError unless every config equals the first outside `SWEEPABLE`."""
-    first = cfgs[0]
+    """ConfigError unless every config equals the first outside `SWEEPABLE` (flat names)."""
+    first = cfgs[0].flat()
     for cfg in cfgs[1:]:
-        for field in dataclasses.fields(Config):
-            if field.name not in SWEEPABLE and getattr(cfg, field.name) != getattr(first, field.name):
-                raise ConfigError(f"a sweep cannot vary {field.name.replace('_', '-')}: it changes "
+        for name, value in cfg.flat().items():
+            if name not in SWEEPABLE and value != first[name]:
+                raise ConfigError(f"a sweep cannot vary {name.replace('_', '-')}: it changes "
                                   "the compiled program; run it separately")

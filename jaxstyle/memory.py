@@ -37,14 +37,15 @@ def run_bytes(cfg: Config, height: int, width: int, problems: int = 1, num_style
     """Estimated peak bytes of a run at its largest scale (``height`` x ``width``, the final
     size), for ``problems`` images run at once."""
     n = problems * height * width
-    images = 1 + 2 + (1 if cfg.average > 0 else 0) + (1 if cfg.keep_best else 0)
-    if cfg.optimizer == "lbfgs":
+    opt = cfg.optimizer
+    images = 1 + 2 + (1 if cfg.output.average > 0 else 0) + (1 if cfg.output.keep_best else 0)
+    if opt.name == "lbfgs":
         # A bfloat16 history holds each pair at half a float32 image's bytes.
-        images += 2 * cfg.lbfgs_memory * (0.5 if cfg.lbfgs_history_dtype == "bfloat16" else 1)
+        images += 2 * opt.lbfgs_memory * (0.5 if opt.lbfgs_history_dtype == "bfloat16" else 1)
     else:
         images += 2
-    style_px = num_styles * (cfg.style_scale * max(height, width)) ** 2
-    temps = TEMP_BYTES_PER_PIXEL[cfg.optimizer] * (n + 0.5 * style_px)
+    style_px = num_styles * (cfg.loss.style_scale * max(height, width)) ** 2
+    temps = TEMP_BYTES_PER_PIXEL[opt.name] * (n + 0.5 * style_px)
     host = 4 * IMAGE_BYTES_PER_PIXEL * (n + style_px)
     return int(FIXED_BYTES + temps + host + images * IMAGE_BYTES_PER_PIXEL * n)
 
@@ -76,8 +77,8 @@ def check_fits(cfg: Config, height: int, width: int, available: int, where: str,
     size = largest_fitting_size(cfg, height, width, available, problems, num_styles)
     hint = (f"Config.image_size={size} would fit" if size else "even 16 px would not fit")
     extra = ""
-    if cfg.optimizer == "lbfgs" and cfg.lbfgs_memory > 20:
-        pair = 24 // (2 if cfg.lbfgs_history_dtype == "bfloat16" else 1)
+    if cfg.optimizer.name == "lbfgs" and cfg.optimizer.lbfgs_memory > 20:
+        pair = 24 // (2 if cfg.optimizer.lbfgs_history_dtype == "bfloat16" else 1)
         extra = f", or lower Config.lbfgs_memory (its history is {pair} bytes per pixel per pair)"
     if problems > 1:
         extra += ", or run fewer problems per batch (a smaller batch size)"

@@ -52,8 +52,9 @@ class Method:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Method":
-        return cls(cfg.optimizer, cfg.step_size, cfg.lbfgs_memory, cfg.lbfgs_history_dtype,
-                   cfg.lbfgs_pyramid)
+        opt = cfg.optimizer
+        return cls(opt.name, opt.step_size, opt.lbfgs_memory, opt.lbfgs_history_dtype,
+                   opt.lbfgs_pyramid)
 
     def transformation(self) -> optax.GradientTransformation:
         if self.name == "adam":

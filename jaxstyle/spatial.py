@@ -100,38 +100,38 @@ def stylize(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfg: Config
     """One image, rows sharded over ``mesh`` (default: every device): content float32[H, W, 3] in
     [0, 1] -> (float32[h, w, 3] at the last scale, its loss before the last step).
 
-    Every scale of ``cfg.all_scales`` as `stylize.stylize_batch` runs it for one image (targets,
-    relative weights, initial image, the previous scale upsampled), without early stopping,
-    averaging, guidance or a film's frame; each scale's height is rounded down to
+    Every scale of ``cfg.schedule.all_scales`` as `stylize.stylize_batch` runs it for one image
+    (targets, relative weights, initial image, the previous scale upsampled), without early
+    stopping, averaging, guidance or a film's frame; each scale's height is rounded down to
     `rows_multiple` so that every device keeps whole rows."""
     from jaxstyle import stylize as stylize_lib  # the same initial images and weights
 
     mesh = mesh or rows_mesh()
-    vgg = vgg.with_pooling(cfg.pooling)
+    vgg = vgg.with_pooling(cfg.network.pooling)
     spec = losses.LossSpec.from_config(cfg)
     vgg = optimize.prepared(vgg, spec)
     method = optimize.Method.from_config(cfg)
     content = jnp.asarray(content, jnp.float32)
     multiple = rows_multiple(mesh, spec.layers)
     image, state = None, None
-    for index, long_side in enumerate(cfg.all_scales):
+    for index, long_side in enumerate(cfg.schedule.all_scales):
         h, w = fit_long_side(content.shape[0], content.shape[1], long_side)
         h = max(multiple, h // multiple * multiple)
         scaled = resize(content[None], h, w)
-        style_long = round(cfg.style_scale * max(h, w))
+        style_long = round(cfg.loss.style_scale * max(h, w))
         scaled_styles = [resize(jnp.asarray(s, jnp.float32),
                                 *stylize_lib.style_size(s.shape[0], s.shape[1], style_long,
                                                         vgg19.min_input_side(spec.layers)))
                          for s in styles]
         targets = losses.targets(vgg, scaled, [s[None] for s in scaled_styles],
-                                 np.asarray(cfg.blend_weights(len(styles)), np.float32), spec,
-                                 jnp.dtype(cfg.compute_dtype))
+                                 np.asarray(cfg.loss.blend_weights(len(styles)), np.float32), spec,
+                                 jnp.dtype(cfg.network.compute_dtype))
         run_spec = stylize_lib.problem_spec([cfg], targets, scaled)
         targets = optimize.problem_targets(targets, 1)
         image = (starts.initial_images(cfg, scaled, scaled_styles) if state is None
                  else resize(state.image, h, w))
         state = None
         state = optimize.init_state(shard_images(image, mesh), method)
-        state = run_steps(state, cfg.scale_iterations[index], vgg, targets, run_spec, method,
-                          mesh, cfg.compute_dtype)
+        state = run_steps(state, cfg.schedule.scale_iterations[index], vgg, targets, run_spec,
+                          method, mesh, cfg.network.compute_dtype)
     return np.asarray(state.image[0]), float(state.loss[0])

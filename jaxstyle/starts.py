@@ -26,16 +26,16 @@ def initial_images(cfg: Config, contents: Array, styles: Sequence[Array],
                    init_image: Array | None = None) -> Array:
     """The starting images, float32[P, h, w, 3], for ``contents`` float32[P, h, w, 3].
 
-    "noise" draws from ``cfg.seed`` alone, so an image's start never depends on its position in a
-    batch: every problem of one size gets the same noise.
+    "noise" draws from ``cfg.start.seed`` alone, so an image's start never depends on its position
+    in a batch: every problem of one size gets the same noise.
     """
     p, h, w, _ = contents.shape
-    if cfg.init == "content":
+    if cfg.start.init == "content":
         return contents
-    if cfg.init == "noise":
-        start = _noise_start(contents, np.uint32(cfg.seed))
+    if cfg.start.init == "noise":
+        start = _noise_start(contents, np.uint32(cfg.start.seed))
     else:
-        source = styles[0] if cfg.init == "style" else init_image
+        source = styles[0] if cfg.start.init == "style" else init_image
         if source is None:
             raise ConfigError("Config.init 'image' starts from an image: pass its array as "
                               "init_image")
@@ -67,17 +67,17 @@ def bucket_start(cfgs: Sequence[Config], contents: Array, valid: np.ndarray,
     program made here has the bucket's shape, not the photo's (resizes on the host), and the
     padding holds ``fill``. contents: the padded photos; valid: float32[P, H, W], 1 on them;
     flip: the run is a transposed portrait (the start is transposed like its contents)."""
-    if len({(c.init, c.seed) for c in cfgs}) > 1:  # a sweep over the start: problem by problem
+    if len({c.start for c in cfgs}) > 1:  # a sweep over the start: problem by problem
         return jnp.concatenate([bucket_start([c], contents[i:i + 1], valid[i:i + 1], styles,
                                              init_image, flip, size, padded, fill)
                                 for i, c in enumerate(cfgs)])
     cfg = cfgs[0]
-    if cfg.init == "content":
+    if cfg.start.init == "content":
         return contents
-    if cfg.init == "noise":
-        start = _noise_in_bucket(contents, np.uint32(cfg.seed), valid)
+    if cfg.start.init == "noise":
+        start = _noise_in_bucket(contents, np.uint32(cfg.start.seed), valid)
     else:
-        source = styles[0] if cfg.init == "style" else init_image
+        source = styles[0] if cfg.start.init == "style" else init_image
         if source is None:
             raise ConfigError("Config.init 'image' starts from an image: pass its array as "
                               "init_image")

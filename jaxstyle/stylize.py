@@ -3,10 +3,10 @@
 This is the Python API for research code: images in, images out, no files. The CLI and the batch
 runner are built on `stylize_batch`; `stylize` is the one-image convenience.
 
-Per scale (``cfg.all_scales``, e.g. 256 → 512 → 1024): the content images are resized so their long
-side is the scale, the style images to ``style_scale`` × the scale, targets are computed once, and
-at most ``cfg.scale_iterations[i]`` compiled optimizer steps run from the previous scale's result (upsampled) or
-from the initial image.
+Per scale (``cfg.schedule.all_scales``, e.g. 256 → 512 → 1024): the content images are resized so
+their long side is the scale, the style images to ``style_scale`` × the scale, targets are computed
+once, and at most ``cfg.schedule.scale_iterations[i]`` compiled optimizer steps run from the
+previous scale's result (upsampled) or from the initial image.
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ class Start:
 @dataclasses.dataclass(frozen=True)
 class Result:
     """images: float32[P, h, w, 3] in [0, 1]; diverged: bool[P] (those hold their last finite image);
-    loss: float32[P] at the last step. converged: bool[P], stopped by ``cfg.stop_tolerance`` at the
-    last scale (None when the run was not tracked); steps: int32[P] steps applied at the last scale.
+    loss: float32[P] at the last step. converged: bool[P], stopped by
+    ``cfg.schedule.stop_tolerance`` at the last scale (None when the run was not tracked); steps:
+    int32[P] steps applied at the last scale.
     """
 
     images: np.ndarray
@@ -96,7 +97,9 @@ class Result:
 
 def tracked(cfg: Config) -> bool:
     """Whether ``cfg`` needs `tracking.Tracking` (early stop, average or best iterate)."""
-    return cfg.stop_tolerance > 0 or cfg.stop_change > 0 or cfg.average > 0 or cfg.keep_best
+    schedule, output = cfg.schedule, cfg.output
+    return (schedule.stop_tolerance > 0 or schedule.stop_change > 0 or output.average > 0
+            or output.keep_best)
 
 
 def _content_targets(vgg, contents, spec, dtype, sequential, valid=None) -> dict:
@@ -176,7 +179,7 @@ def style_size(height: int, width: int, long_side: int, min_side: int) -> tuple[
 
 def scale_sizes(cfg: Config, height: int, width: int) -> list[tuple[int, int]]:
     """The (h, w) of every scale for a ``height`` x ``width`` content image."""
-    return [fit_long_side(height, width, s) for s in cfg.all_scales]
+    return [fit_long_side(height, width, s) for s in cfg.schedule.all_scales]
 
 
 def problem_spec(cfgs: Sequence[Config], targets: losses.Targets, contents: Array
@@ -190,8 +193,8 @@ def problem_spec(cfgs: Sequence[Config], targets: losses.Targets, contents: Arra
     row per problem)."""
     spec = losses.LossSpec.stack([losses.LossSpec.from_config(c) for c in cfgs])
     # Relative: not sweepable, the same for every problem.
-    return _scale_spec(spec, targets, contents, cfgs[0].loss_scale == "relative",
-                       optimize.sequential_problems(contents, cfgs[0].exact_batch))[0]
+    return _scale_spec(spec, targets, contents, cfgs[0].loss.loss_scale == "relative",
+                       optimize.sequential_problems(contents, cfgs[0].optimizer.exact_batch))[0]
 
 
 def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
@@ -207,13 +210,13 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     """Stylizes P content images of one size with the same styles, each its own problem.
 
     Args:
-      vgg: the network (`vgg19.load`); its pooling is overridden by ``cfg.pooling``.
+      vgg: the network (`vgg19.load`); its pooling is overridden by ``cfg.network.pooling``.
       contents: float32[P, H, W, 3] in [0, 1].
       styles: one float32[Hs, Ws, 3] in [0, 1] per style image (sizes may differ).
       cfg: the configuration, or one per problem (a sweep). Those may differ only in
         `config.SWEEPABLE` settings: each problem then has its own loss weights, style blend, step
         size and start, as runtime arrays of the same compiled program.
-      init_image: float32[Hi, Wi, 3], for ``cfg.init == "image"``.
+      init_image: float32[Hi, Wi, 3], for ``cfg.start.init == "image"``.
       start: resume from a `Start` instead of the beginning.
       on_progress: called after every compiled chunk (see `optimize.chunk_boundaries`).
       on_scale: called as ``on_scale(index, height, width)`` when a scale starts, before its
@@ -243,24 +246,26 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         raise ValueError(f"{len(cfgs)} configs for {num_problems} content images")
     check_sweep(cfgs)
     cfg = cfgs[0]  # every setting but the sweepable ones is the same for all problems
-    vgg = vgg.with_pooling(cfg.pooling)
+    schedule, dtype = cfg.schedule, cfg.network.compute_dtype
+    vgg = vgg.with_pooling(cfg.network.pooling)
     spec = losses.LossSpec.from_config(cfg)
     vgg = optimize.prepared(vgg, spec)  # once; an unprepared vgg is also checked for the weights
     # Learning rates as runtime step scales.
     method = dataclasses.replace(optimize.Method.from_config(cfg), learning_rate=1.0)
-    step_scale = np.asarray([c.step_size for c in cfgs], np.float32)
+    step_scale = np.asarray([c.optimizer.step_size for c in cfgs], np.float32)
     sizes = scale_sizes(cfg, height, width)
     if sequential is None:
-        sequential = optimize.sequential_problems(contents, cfg.exact_batch)
-    if cfg.color_match:
+        sequential = optimize.sequential_problems(contents, cfg.optimizer.exact_batch)
+    if cfg.loss.color_match:
         if num_problems != 1:
             raise ConfigError("colour matching recolours the styles to one content image; run "
                               "one content image at a time with it")
         content_host = np.asarray(contents[0])
         styles = [match_colors(np.asarray(s), content_host) for s in styles]
-    if guidance is not None and cfg.style_loss != "gram":
-        raise ConfigError(f"masks and maps guide Gram matrices; Config.style_loss={cfg.style_loss} "
-                          "cannot take them yet: drop one of them")
+    if guidance is not None and cfg.loss.style_loss != "gram":
+        raise ConfigError("masks and maps guide Gram matrices; "
+                          f"Config.style_loss={cfg.loss.style_loss} cannot take them yet: drop one "
+                          "of them")
     if guidance is not None and len(guidance.style_masks) != len(styles):
         raise ConfigError(f"the guidance has {len(guidance.style_masks)} style entries for "
                           f"{len(styles)} style images")
@@ -282,7 +287,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         sizes = [(w, h) for h, w in sizes]
     for index in range(first_scale, len(sizes)):
         h, w = sizes[index]
-        if min(h, w) < min_side and cfg.scales is None and index < len(sizes) - 1:
+        if min(h, w) < min_side and schedule.scales is None and index < len(sizes) - 1:
             continue  # a pyramid's coarse scale too small for a panorama: start finer
         photo_hw = (w, h) if flip else (h, w)  # this scale's size in the photo's orientation
         if min(h, w) < min_side:
@@ -294,7 +299,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
             on_scale(index, *photo_hw)
         padded = buckets.bucket_shape(h, w) if bucketed else (h, w)
         valid = None
-        style_long = max(min_side, round(cfg.style_scale * max(h, w)))
+        style_long = max(min_side, round(cfg.loss.style_scale * max(h, w)))
         if bucketed:  # masks even where nothing is padded: one program for the whole bucket
             # Resized and padded on the host: no program of the photo's own shape.
             scaled = buckets.refit(contents, (height, width), (h, w), padded, fill)
@@ -311,11 +316,10 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
             blend = np.asarray(blend, np.float32)
             if bucketed:
                 return losses.Targets(
-                    content=_bucket_content_targets(net, scaled, spec, cfg.compute_dtype,
-                                                    sequential, valid),
-                    style=_style_targets(vgg, scaled_styles, blend, spec, cfg.compute_dtype))
+                    content=_bucket_content_targets(net, scaled, spec, dtype, sequential, valid),
+                    style=_style_targets(vgg, scaled_styles, blend, spec, dtype))
             if guidance is None:
-                return _targets(vgg, scaled, scaled_styles, blend, spec, cfg.compute_dtype,
+                return _targets(vgg, scaled, scaled_styles, blend, spec, dtype,
                                 sequential, valid)
             return _guided_targets(
                 vgg, scaled, scaled_styles,
@@ -324,10 +328,10 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
                  for m, st in zip(guidance.style_masks, scaled_styles)],
                 jnp.asarray(guidance.region_styles, jnp.float32),
                 guidance_lib.layer_masks(guidance.content_masks, h, w, spec.style_layers),
-                spec, cfg.compute_dtype, sequential)
+                spec, dtype, sequential)
 
         # Targets once per distinct style blend; each problem takes its own blend's style target.
-        blends = [c.blend_weights(len(styles)) for c in cfgs]
+        blends = [c.loss.blend_weights(len(styles)) for c in cfgs]
         by_blend = {b: blended_targets(b) for b in dict.fromkeys(blends)}
         targets = by_blend[blends[0]]
         if len(by_blend) > 1:
@@ -338,7 +342,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
             targets = dataclasses.replace(targets, valid=valid)
         run_spec, problem_targets = _scale_spec(
             losses.LossSpec.stack([losses.LossSpec.from_config(c) for c in cfgs]), targets,
-            scaled, cfg.loss_scale == "relative", sequential)
+            scaled, cfg.loss.loss_scale == "relative", sequential)
         if temporal is not None:
             with_temporal, run_spec = _with_temporal(targets, run_spec, temporal, h, w)
             problem_targets = dataclasses.replace(problem_targets, temporal={
@@ -360,7 +364,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
                                          flip, (h, w), padded, fill)
         else:
             images = (starts.initial_images(cfg, unpadded, scaled_styles, init_image)
-                      if len({(c.init, c.seed) for c in cfgs}) == 1 else
+                      if len({c.start for c in cfgs}) == 1 else
                       jnp.concatenate([starts.initial_images(c, unpadded[i:i + 1], scaled_styles,
                                                              init_image)
                                        for i, c in enumerate(cfgs)]))
@@ -373,7 +377,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         # memory of a pyramid is its last scale's, not the sum of two.
         state = None
         state = (optimize.init_state(images, method, tracking.Rules.from_config(cfg),
-                                     cfg.stop_tolerance, cfg.average, cfg.stop_change)
+                                     schedule.stop_tolerance, cfg.output.average,
+                                     schedule.stop_change)
                  if tracked(cfg)
                  else optimize.init_state(images, method))
         if temporal is not None:  # the terms the loss reports include "temporal"
@@ -387,17 +392,18 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
         report = None
         if on_progress is not None:
             report = lambda s, n, i=index: on_progress(  # noqa: E731
-                Progress(i, len(sizes), n, cfg.scale_iterations[i], s, to_host, previous, flip))
+                Progress(i, len(sizes), n, schedule.scale_iterations[i], s, to_host, previous,
+                         flip))
         if not np.all(to_host(state.diverged)):
-            state = optimize.run(state, cfg.scale_iterations[index], net, targets, run_spec, method,
-                                 cfg.compute_dtype, every, report, start=done,
+            state = optimize.run(state, schedule.scale_iterations[index], net, targets, run_spec,
+                                 method, dtype, every, report, start=done,
                                  step_scale=step_scale, sequential=sequential)
     images = to_host(optimize.result_images(state))
     if previous is not None:  # the padding cropped: the photo's own size
         images = images[:, :previous[0], :previous[1]]
     if flip:  # back to the portrait
         images = np.ascontiguousarray(images.swapaxes(1, 2))
-    if cfg.original_colors:
+    if cfg.output.original_colors:
         originals = to_host(resize(photos, *images.shape[1:3]))
         images = np.asarray(original_colors(images, originals))
     converged = to_host(state.track.stopped) if state.track is not None else None

@@ -46,7 +46,7 @@ def grid(base: Config, axes: Mapping[str, Sequence[Any]]) -> list[tuple[dict, Co
     cells = []
     for values in itertools.product(*(axes[n] for n in names)):
         settings = dict(zip(names, values))
-        cells.append((settings, dataclasses.replace(base, **settings)))
+        cells.append((settings, base.replace(**settings)))
     return cells
 
 
@@ -81,9 +81,9 @@ def stylize_sweep(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfgs:
       same config run alone by `stylize.stylize_batch`, within float tolerance.
     """
     check_sweep(cfgs)
-    if cfgs[0].color_match:  # every cell has the same content: recolour the styles once
+    if cfgs[0].loss.color_match:  # every cell has the same content: recolour the styles once
         styles = [match_colors(np.asarray(s), np.asarray(content)) for s in styles]
-        cfgs = [dataclasses.replace(c, color_match=False) for c in cfgs]
+        cfgs = [c.replace(color_match=False) for c in cfgs]
     size = min(batch_size, len(cfgs))
     results: list[stylize_lib.Result] = []
     for first in range(0, len(cfgs), size):

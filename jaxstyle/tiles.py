@@ -191,20 +191,20 @@ def stylize(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfg: Config
     """One image in overlapping ``size`` x ``size`` tiles, on one device: content
     float32[H, W, 3] in [0, 1] (already at the output size) -> float32[H, W, 3].
 
-    ``cfg.num_iterations`` Adam steps (``cfg.step_size``) on the whole image, each step's
-    gradient assembled tile by tile (`gradient`); ``cfg``'s loss settings (Gram style,
+    ``cfg.schedule.num_iterations`` Adam steps (``cfg.optimizer.step_size``) on the whole image,
+    each step's gradient assembled tile by tile (`gradient`); ``cfg``'s loss settings (Gram style,
     neural-style normalization, absolute weights); a content or noise start. Memory: one crop's
     activations plus the whole image's Adam state (3 images). The style images are used at their
     given size."""
     spec = losses.LossSpec.from_config(cfg)
-    vgg = optimize.prepared(vgg.with_pooling(cfg.pooling), spec)
+    vgg = optimize.prepared(vgg.with_pooling(cfg.network.pooling), spec)
     content = jnp.asarray(content, jnp.float32)
     height, width = content.shape[:2]
     shape = _tile_shape(height, width, size)
     tiles = grid(height, width, size, overlap)
     style_targets = losses.style_targets(
         vgg, [jnp.asarray(s, jnp.float32)[None] for s in styles],
-        np.asarray(cfg.blend_weights(len(styles)), np.float32), spec)
+        np.asarray(cfg.loss.blend_weights(len(styles)), np.float32), spec)
     counts = {}
     for name in spec.layers:
         h, w, c = vgg19.output_shape(name, height, width)
@@ -214,10 +214,10 @@ def stylize(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfg: Config
         crop = content[t.y:t.y + shape[0], t.x:t.x + shape[1]]
         feats = vgg19.features(vgg, crop[None], spec.content_layers)
         contents.append({k: v[0].astype(jnp.float32) for k, v in feats.items()})
-    image = (jnp.array(content) if cfg.init == "content" else
-             jax.random.uniform(jax.random.key(cfg.seed), content.shape, jnp.float32))
-    state = optax.adam(cfg.step_size).init(image)
-    for _ in range(cfg.num_iterations):
+    image = (jnp.array(content) if cfg.start.init == "content" else
+             jax.random.uniform(jax.random.key(cfg.start.seed), content.shape, jnp.float32))
+    state = optax.adam(cfg.optimizer.step_size).init(image)
+    for _ in range(cfg.schedule.num_iterations):
         grad = gradient(vgg, image, tiles, size, contents, style_targets, spec, counts)
-        image, state = _adam_step(image, state, grad, cfg.step_size)
+        image, state = _adam_step(image, state, grad, cfg.optimizer.step_size)
     return np.asarray(image)

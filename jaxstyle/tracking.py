@@ -38,7 +38,8 @@ class Rules:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Rules":
-        return cls(cfg.stop_window, cfg.average > 0, cfg.keep_best, cfg.stop_change > 0)
+        return cls(cfg.schedule.stop_window, cfg.output.average > 0, cfg.output.keep_best,
+                   cfg.schedule.stop_change > 0)
 
 
 @jax.tree_util.register_dataclass

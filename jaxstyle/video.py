@@ -36,7 +36,8 @@ RELATIVE_TEMPORAL_WEIGHT = 1e4
 
 def default_temporal_weight(cfg: Config) -> float:
     """Ruder et al.'s weight on the scale of ``cfg``'s loss weights (see the module's docstring)."""
-    return RELATIVE_TEMPORAL_WEIGHT if cfg.loss_scale == "relative" else ABSOLUTE_TEMPORAL_WEIGHT
+    relative = cfg.loss.loss_scale == "relative"
+    return RELATIVE_TEMPORAL_WEIGHT if relative else ABSOLUTE_TEMPORAL_WEIGHT
 
 
 @jax.jit
@@ -106,7 +107,7 @@ def stylize_frames(vgg: vgg19.VGG, contents: np.ndarray, styles: Sequence[np.nda
         return stylize_lib.stylize_batch(vgg, contents, styles, cfg, on_progress=on_progress,
                                          every=every, **kwargs)
     weight = default_temporal_weight(cfg) if temporal_weight is None else temporal_weight
-    start = stylize_lib.Start(len(cfg.all_scales) - 1, 0,
+    start = stylize_lib.Start(len(cfg.schedule.all_scales) - 1, 0,
                               shard_problems(np.stack([p.start for p in previous]), mesh))
     temporal = {"image": jnp.asarray(shard_problems(np.stack([p.warped for p in previous]), mesh)),
                 "mask": jnp.asarray(shard_problems(np.stack([p.mask for p in previous]), mesh)),

@@ -51,8 +51,9 @@ def test_one_program_per_shape_across_chunks(vgg, init):
     # Many compiled chunks of one shape (progress every 2 iterations) reuse one `run_steps`
     # program: the starting state must be laid out on the mesh as `run_steps` returns it.
     contents = random_images(7, [(20, 20), (20, 20)])
-    cfg = Config(image_size=20, num_iterations=6, init=init, seed=int(init == "noise") + 11,
-                 style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_1",))
+    cfg = Config().replace(image_size=20, num_iterations=6, init=init,
+                           seed=int(init == "noise") + 11, style_layers=("relu1_1", "relu2_1"),
+                           content_layers=("relu2_1",))
     before = optimize.run_steps._cache_size()
     batch.stylize_many(vgg, contents, random_images(8, [(20, 20)]), cfg, batch_size=2, every=(2,))
     assert optimize.run_steps._cache_size() - before <= 1
@@ -66,7 +67,7 @@ def test_batched_run_equals_each_image_alone(vgg):
     # program as alone (`optimize.over_problems`): observed equal to the last bit; 2e-4 leaves
     # room for a backend that rounds a batch differently (a one-ulp change of the inputs moves
     # these 4 steps' images by ~5e-6: see the sharded test).
-    cfg = Config(image_size=32, num_iterations=4, init="noise", seed=3, optimizer="adam")
+    cfg = Config().replace(image_size=32, num_iterations=4, init="noise", seed=3, optimizer="adam")
     contents = random_images(1, [(24, 32), (32, 24), (24, 32), (24, 32)])
     style = random_images(2, [(28, 28)])[0]
     compiled_before = optimize.run_steps._cache_size()
@@ -82,7 +83,7 @@ def test_batched_run_equals_each_image_alone(vgg):
 
 def test_one_divergent_image_does_not_affect_the_others(vgg):
     # A NaN content image makes its own loss NaN; its neighbour in the batch is unaffected.
-    cfg = Config(image_size=24, num_iterations=4, optimizer="lbfgs")
+    cfg = Config().replace(image_size=24, num_iterations=4, optimizer="lbfgs")
     good, bad = random_images(4, [(24, 24), (24, 24)])
     bad = bad.copy()
     bad[0, 0, 0] = np.nan
@@ -103,8 +104,8 @@ SHARDED = textwrap.dedent("""
     rng = np.random.default_rng(0)
     contents = [rng.random(s + (3,), dtype=np.float32) for s in [(24, 32), (24, 32), (24, 32)]]
     style = rng.random((24, 24, 3), dtype=np.float32)
-    cfg = Config(image_size=32, num_iterations=5, content_weight=1e4, style_weight=1e9,
-                 init="noise")
+    cfg = Config().replace(image_size=32, num_iterations=5, content_weight=1e4, style_weight=1e9,
+                           init="noise")
     mesh = batch.device_mesh()
     layouts = []
     record_layout = lambda p: layouts.append(p.progress.state.image.sharding.is_fully_replicated)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +12,9 @@ from jaxstyle import batch, buckets, losses, optimize, stylize, vgg19
 from jaxstyle.config import Config
 from jaxstyle.imageops import resize
 
-CFG = Config(scales=(48, 96), num_iterations=12, content_weight=1.0, style_weight=100.0,
-             tv_weight=1e-6, style_layers=("relu1_1", "relu2_1", "relu3_1"),
-             content_layers=("relu3_1",))
+CFG = Config().replace(scales=(48, 96), num_iterations=12, content_weight=1.0, style_weight=100.0,
+                       tv_weight=1e-6, style_layers=("relu1_1", "relu2_1", "relu3_1"),
+                       content_layers=("relu3_1",))
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +59,8 @@ def test_photos_of_one_bucket_share_the_step_program_and_batch_equals_alone(vgg)
     style = _image(3, 64, 64)
     wide, wider = _image(4, 72, 96), _image(5, 66, 96)  # 4:3 and 16:11: both 96x72
     assert buckets.bucket_shape(66, 96) == buckets.bucket_shape(72, 96) == (96, 96)
-    cfg = Config(scales=(96,), num_iterations=3, style_layers=("relu1_1", "relu2_1"),
-                 content_layers=("relu2_1",))
+    cfg = Config().replace(scales=(96,), num_iterations=3, style_layers=("relu1_1", "relu2_1"),
+                           content_layers=("relu2_1",))
     alone = [stylize.stylize_batch(vgg, c[None], [style], cfg, bucket=True).images[0]
              for c in (wide, wider)]
     before = optimize.run_steps._cache_size()
@@ -107,7 +106,7 @@ def test_a_portrait_runs_transposed_as_it_ran_upright(vgg, monkeypatch, init, st
     drawn in one orientation) and, from the content, of an unpadded run. (From noise, float
     rounding grows faster: 0.9 % apart after 12 steps, so 4 here.)"""
     content, style = _image(8, 96, 50), _image(9, 64, 64)
-    cfg = dataclasses.replace(CFG, init=init, num_iterations=steps)
+    cfg = CFG.replace(init=init, num_iterations=steps)
     turned = stylize.stylize_batch(vgg, content[None], [style], cfg, bucket=True)
     monkeypatch.setattr(buckets, "TRANSPOSE", False)
     upright = stylize.stylize_batch(vgg, content[None], [style], cfg, bucket=True)
@@ -126,8 +125,8 @@ def test_portraits_and_landscapes_share_the_step_program(vgg):
     program; in one folder, each equals its run alone."""
     style = _image(10, 64, 64)
     wide, tall = _image(11, 72, 96), _image(12, 96, 72)
-    cfg = Config(scales=(48, 96), num_iterations=3, style_layers=("relu1_1", "relu2_1"),
-                 content_layers=("relu2_1",))
+    cfg = Config().replace(scales=(48, 96), num_iterations=3, style_layers=("relu1_1", "relu2_1"),
+                           content_layers=("relu2_1",))
     alone = [stylize.stylize_batch(vgg, c[None], [style], cfg, bucket=True).images[0]
              for c in (wide, tall)]
     programs = (optimize.run_steps, stylize._bucket_content_targets, stylize._style_targets,

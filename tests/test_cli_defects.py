@@ -357,7 +357,7 @@ def test_nan_and_infinity_are_refused(capsys, tmp_path, images, keras_safetensor
                                           ("stop_tolerance", float("inf"))])
 def test_config_refuses_nan_and_infinity(field, value):
     with pytest.raises(config.ConfigError, match="finite"):
-        config.Config(**{field: value})
+        config.Config().replace(**{field: value})
 
 
 def test_scales_must_increase(capsys, tmp_path, images, keras_safetensors):

@@ -61,9 +61,10 @@ def test_guided_loss_and_gradient_match_torch_reference(vgg, normalization):
     region_styles = np.array([[1.0, 0.0], [0.3, 0.7]], np.float32)
     masks = two_regions(H, W)
     style0_masks = np.stack([rng.uniform(size=(28, 36)), np.ones((28, 36))]).astype(np.float32)
-    cfg = Config(content_layers=("relu2_1",), style_layers=LAYERS, style_layer_weights=(1.0, 2.0),
-                 normalization=normalization, style_weight=1e3, content_weight=0.0,
-                 tv_weight=0.0)  # the style term alone
+    cfg = Config().replace(content_layers=("relu2_1",), style_layers=LAYERS,
+                           style_layer_weights=(1.0, 2.0), normalization=normalization,
+                           style_weight=1e3, content_weight=0.0,
+                           tv_weight=0.0)  # the style term alone
     spec = losses.LossSpec.from_config(cfg)
     content_g = guidance.layer_masks(masks, H, W, LAYERS)
     style_g = [guidance.layer_masks(style0_masks, 28, 36, LAYERS), None]
@@ -103,7 +104,8 @@ def test_guided_loss_and_gradient_match_torch_reference(vgg, normalization):
 def test_guided_loss_in_bfloat16_is_close_to_float32(vgg):
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.uniform(size=(1, H, W, 3)), jnp.float32)
-    spec = losses.LossSpec.from_config(Config(content_layers=("relu2_1",), style_layers=LAYERS))
+    spec = losses.LossSpec.from_config(Config().replace(content_layers=("relu2_1",),
+                                                        style_layers=LAYERS))
     style = jnp.asarray(rng.uniform(size=(1, 24, 24, 3)), jnp.float32)
     content_g = guidance.layer_masks(two_regions(H, W), H, W, LAYERS)
     targets = losses.guided_targets(vgg, x, [style], [None], jnp.asarray([[1.0], [1.0]]),
@@ -161,8 +163,8 @@ def _content():
     return np.stack([0.3 + 0.4 * xc, 0.6 - 0.3 * yc, 0.5 + 0 * xc], -1).astype(np.float32)
 
 
-EFFECT = Config(style_layers=LAYERS, content_layers=("relu2_1",), optimizer="adam",
-                num_iterations=30, image_size=W)
+EFFECT = Config().replace(style_layers=LAYERS, content_layers=("relu2_1",), optimizer="adam",
+                          num_iterations=30, image_size=W)
 SEAM = 10  # columns left out on each side of the seam: relu2_1's receptive field
 
 

@@ -42,11 +42,11 @@ def _half_mask(h: int, w: int) -> np.ndarray:
                          ids=["-".join([o, s, "guided" if g else "plain", d])
                               for o, s, g, d in VARIANTS])
 def test_a_batch_equals_each_problem_alone(vgg, optimizer, style_loss, guided, dtype):
-    cfg = Config(**SMALL, optimizer=optimizer, style_loss=style_loss, compute_dtype=dtype,
-                 exact_batch=True)
+    cfg = Config().replace(**SMALL, optimizer=optimizer, style_loss=style_loss, compute_dtype=dtype,
+                           exact_batch=True)
     contents = np.stack(random_images(1, [(24, 24), (24, 24)]))
     style = random_images(2, [(20, 28)])
-    guide = (guidance.from_masks(1, [_half_mask(24, 24)], None, cfg.blend_weights(1))
+    guide = (guidance.from_masks(1, [_half_mask(24, 24)], None, cfg.loss.blend_weights(1))
              if guided else None)
     batch = stylize.stylize_batch(vgg, contents, style, cfg, guidance=guide)
     for i in range(2):

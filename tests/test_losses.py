@@ -16,7 +16,7 @@ from jaxstyle.config import Config
 from helpers import CAFFE, TORCHVISION
 
 H, W = 32, 40
-SHALLOW = Config(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
+SHALLOW = Config().replace(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
 
 
 def randn(shape, seed) -> jax.Array:
@@ -66,23 +66,23 @@ CASES = {
     "default": (CAFFE, 1, Config(), ("style_a",)),
     "torchvision-two-styles-blend": (
         TORCHVISION, 2,
-        Config(content_weight=1e4, style_weight=1e9, style_blend_weights=(0.3, 0.7),
-               style_layers=("relu1_1", "relu2_1", "relu3_1")),
+        Config().replace(content_weight=1e4, style_weight=1e9, style_blend_weights=(0.3, 0.7),
+                         style_layers=("relu1_1", "relu2_1", "relu3_1")),
         ("style_a", "style_b")),
-    "avg-pooling": (CAFFE, 1, Config(pooling="avg", style_layers=("relu1_1", "relu2_1", "pool2",
-                                                                  "relu3_1"),
-                                     content_layers=("relu3_1",)), ("style_b",)),
+    "avg-pooling": (CAFFE, 1, Config().replace(
+        pooling="avg", style_layers=("relu1_1", "relu2_1", "pool2", "relu3_1"),
+        content_layers=("relu3_1",)), ("style_b",)),
     "layer-weights-multi-content": (
         CAFFE, 1,
-        Config(content_layers=("conv2_2", "relu3_2"), content_layer_weights=(0.5, 3.0),
-               style_layers=("relu1_1", "relu2_1", "relu3_1"), style_layer_weights=(2.0, 0.25, 1.5),
-               tv_weight=5e-4),
+        Config().replace(content_layers=("conv2_2", "relu3_2"), content_layer_weights=(0.5, 3.0),
+                         style_layers=("relu1_1", "relu2_1", "relu3_1"),
+                         style_layer_weights=(2.0, 0.25, 1.5), tv_weight=5e-4),
         ("style_a",)),
     "gatys-batch": (
         CAFFE, 2,
-        Config(normalization="gatys", content_weight=1.0, style_weight=1.0,
-               style_layers=("relu1_1", "relu2_1", "relu3_1"), content_layers=("relu3_1",),
-               style_blend_weights=(0.3, 0.7)),
+        Config().replace(normalization="gatys", content_weight=1.0, style_weight=1.0,
+                         style_layers=("relu1_1", "relu2_1", "relu3_1"),
+                         content_layers=("relu3_1",), style_blend_weights=(0.3, 0.7)),
         ("style_a", "style_b")),
 }
 
@@ -91,23 +91,26 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_loss_and_gradient_match_torch_reference(case, random_vgg, images):
     preprocessing, batch, cfg, style_names = CASES[case]
-    vgg = dataclasses.replace(random_vgg, preprocessing=preprocessing).with_pooling(cfg.pooling)
+    vgg = dataclasses.replace(random_vgg, preprocessing=preprocessing).with_pooling(
+        cfg.network.pooling)
     spec = losses.LossSpec.from_config(cfg)
     styles = [images[name] for name in style_names]
-    blend = cfg.blend_weights(len(styles))
+    blend = cfg.loss.blend_weights(len(styles))
     content, x = images["content"][:batch], images["input"][:batch]
 
     tg = _targets(vgg, jnp.asarray(content), [jnp.asarray(s)[None] for s in styles], list(blend),
                   spec)
     (loss, terms), grad = _loss_and_grad(vgg, jnp.asarray(x), tg, spec)
 
-    content_w = [cfg.content_weight * w for w in (cfg.content_layer_weights
-                                                  or (1.0,) * len(cfg.content_layers))]
-    style_w = [cfg.style_weight * w for w in (cfg.style_layer_weights
-                                              or (1.0,) * len(cfg.style_layers))]
+    settings = cfg.loss
+    content_w = [settings.content_weight * w for w in (settings.content_layer_weights
+                                                       or (1.0,) * len(settings.content_layers))]
+    style_w = [settings.style_weight * w for w in (settings.style_layer_weights
+                                                   or (1.0,) * len(settings.style_layers))]
     ref_loss, ref_terms, ref_grad = ref.torch_total_loss_and_grad(
-        vgg.params, preprocessing, x, content, styles, blend, cfg.content_layers,
-        cfg.style_layers, content_w, style_w, cfg.tv_weight, cfg.normalization, cfg.pooling)
+        vgg.params, preprocessing, x, content, styles, blend, settings.content_layers,
+        settings.style_layers, content_w, style_w, settings.tv_weight, settings.normalization,
+        cfg.network.pooling)
 
     assert np.isfinite(ref_loss) and ref_loss > 0
     assert abs(float(loss) - ref_loss) <= 1e-4 * ref_loss
@@ -262,21 +265,21 @@ def test_weight_changes_do_not_retrace(shallow_problem, images):
     x = jnp.asarray(images["input"])
     base = losses.LossSpec.from_config(SHALLOW)
     _, terms = objective(vgg, x, tg, base)
-    cfg = dataclasses.replace(SHALLOW, content_weight=2.0, style_weight=7.0, tv_weight=0.0,
-                              style_layer_weights=(1.0, 3.0))
+    cfg = SHALLOW.replace(content_weight=2.0, style_weight=7.0, tv_weight=0.0,
+                          style_layer_weights=(1.0, 3.0))
     changed = losses.LossSpec.from_config(cfg)
     _, terms2 = objective(vgg, x, tg, changed)
     assert len(traces) == 1
     np.testing.assert_allclose(terms2["content"], terms["content"] * 2.0 / 5.0, rtol=1e-5)
     np.testing.assert_allclose(terms2["tv"], 0.0)
     # Style: per-layer terms recombined with the new weights.
-    feats = _features(vgg, x, SHALLOW.style_layers)
-    per_layer = [losses.style_loss(feats[n], tg.style[n]) for n in SHALLOW.style_layers]
+    feats = _features(vgg, x, SHALLOW.loss.style_layers)
+    per_layer = [losses.style_loss(feats[n], tg.style[n]) for n in SHALLOW.loss.style_layers]
     np.testing.assert_allclose(terms["style"], 100.0 * (per_layer[0] + per_layer[1]), rtol=1e-4)
     np.testing.assert_allclose(terms2["style"], 7.0 * (per_layer[0] + 3.0 * per_layer[1]),
                                rtol=1e-4)
     # Changing a layer (static) does retrace.
-    other = losses.LossSpec.from_config(dataclasses.replace(SHALLOW, content_layers=("relu1_1",)))
+    other = losses.LossSpec.from_config(SHALLOW.replace(content_layers=("relu1_1",)))
     content = _features(vgg, jnp.asarray(images["content"]), ("relu1_1",))
     objective(vgg, x, losses.Targets(content=content, style=tg.style), other)
     assert len(traces) == 2

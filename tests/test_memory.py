@@ -20,9 +20,9 @@ def test_estimate_grows_with_size_history_and_batch_and_the_named_size_fits():
     # The L-BFGS history at 512², memory 100: 2·100·512²·12 bytes = 0.59 GiB (XLA's temporaries
     # do not grow with it: the history is updated in place).
     per_pair = 2 * 512**2 * 12
-    assert big - memory.run_bytes(Config(lbfgs_memory=1), 512, 512) == 99 * per_pair
+    assert big - memory.run_bytes(Config().replace(lbfgs_memory=1), 512, 512) == 99 * per_pair
     # In bfloat16 both take half.
-    half = memory.run_bytes(Config(lbfgs_history_dtype="bfloat16"), 512, 512)
+    half = memory.run_bytes(Config().replace(lbfgs_history_dtype="bfloat16"), 512, 512)
     assert big - half == 100 * per_pair // 2
     assert memory.run_bytes(cfg, 512, 512, problems=4) > 3 * (big - memory.FIXED_BYTES)
     available = 8 * GIB

@@ -64,8 +64,8 @@ def setup():
     rng = np.random.default_rng(0)
     contents = [rng.random((24, 24, 3), dtype=np.float32) for _ in range(3)]
     style = rng.random((24, 24, 3), dtype=np.float32)
-    cfg = Config(image_size=24, num_iterations=4, optimizer="adam", init="noise", seed=3,
-                 style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_1",))
+    cfg = Config().replace(image_size=24, num_iterations=4, optimizer="adam", init="noise", seed=3,
+                           style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_1",))
     return vgg, contents, style, cfg
 
 
@@ -175,8 +175,8 @@ def train_steps():
     vgg = vgg19.init(jax.random.key(0), caffe, last_layer="relu1_2")
     rng = np.random.default_rng(0)
     photos = rng.random((12, 16, 16, 3), dtype=np.float32)
-    cfg = Config(content_layers=("relu1_2",), style_layers=("relu1_1",), content_weight=0.05,
-                 style_weight=1.0, tv_weight=1e-6)
+    cfg = Config().replace(content_layers=("relu1_2",), style_layers=("relu1_1",),
+                           content_weight=0.05, style_weight=1.0, tv_weight=1e-6)
     tl = train.make_loss(vgg, [rng.random((1, 16, 16, 3), dtype=np.float32)], [1.0],
                          losses.LossSpec.from_config(cfg))
     params = transformer.init(jax.random.key(1), 0.25)

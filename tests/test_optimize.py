@@ -3,7 +3,6 @@ the run loop on a small style problem (random VGG)."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import jax
@@ -238,7 +237,7 @@ def problem():
 
 
 def _method(name):
-    return optimize.Method.from_config(dataclasses.replace(CFG, optimizer=name))
+    return optimize.Method.from_config(CFG.replace(optimizer=name))
 
 
 def test_continuing_a_run_does_not_recompile(problem):
@@ -293,8 +292,8 @@ def test_steps_and_weights_do_not_recompile(problem):
     state = run(run(optimize.init_state(problem["contents"][:1], method), 1, problem["spec"]), 1,
                 problem["spec"])
     compiled = optimize.run_steps._cache_size()
-    heavy = losses.LossSpec.from_config(dataclasses.replace(
-        CFG, content_weight=50.0, style_weight=3.0, tv_weight=0.0,
+    heavy = losses.LossSpec.from_config(CFG.replace(
+        content_weight=50.0, style_weight=3.0, tv_weight=0.0,
         style_layer_weights=(1.0, 2.0, 3.0, 4.0, 5.0)))
     state = run(state, 3, heavy)
     state = run(state, 0, problem["spec"])
@@ -308,7 +307,7 @@ def test_steps_and_weights_do_not_recompile(problem):
 def test_divergence_keeps_last_finite_image_and_run_stops_early(problem):
     method = _method("lbfgs")
     vgg, targets, spec = problem["vgg"], problem["alone"][0], problem["spec"]
-    overflow = losses.LossSpec.from_config(dataclasses.replace(CFG, style_weight=1e38))
+    overflow = losses.LossSpec.from_config(CFG.replace(style_weight=1e38))
     state = optimize.init_state(problem["contents"][:1], method)
     state = optimize.run_steps(state, 3, vgg, targets, spec, method, DTYPE)
     image, loss = np.asarray(state.image), np.asarray(state.loss)
@@ -327,7 +326,7 @@ def test_divergence_keeps_last_finite_image_and_run_stops_early(problem):
 
     # A huge but finite weight (loss ~1e31): the capped first step and the curvature-scaled
     # L-BFGS steps keep the image finite and in the box, whether or not it diverges.
-    huge = losses.LossSpec.from_config(dataclasses.replace(CFG, style_weight=1e30))
+    huge = losses.LossSpec.from_config(CFG.replace(style_weight=1e30))
     state = optimize.init_state(problem["contents"][:1], method)
     state = optimize.run_steps(state, 5, vgg, targets, huge, method, DTYPE)
     image = np.asarray(state.image)

@@ -16,7 +16,7 @@ from jaxstyle import buckets, losses, optimize, stylize, tracking, vgg19
 from jaxstyle.config import Config, ConfigError, from_preset
 from helpers import CAFFE
 
-CFG = Config(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
+CFG = Config().replace(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
 WINDOW = 4
 CAP = 24
 SIZE = 32
@@ -133,11 +133,11 @@ def test_either_rule_stops_a_problem(batch):
 
 def test_stylize_batch_stops_by_the_picture_and_the_config_checks_it(batch):
     content = np.asarray(batch["start"][:1])
-    cfg = dataclasses.replace(CFG, image_size=SIZE, num_iterations=60, stop_window=WINDOW,
-                              stop_change=1e9)
+    cfg = CFG.replace(image_size=SIZE, num_iterations=60, stop_window=WINDOW, stop_change=1e9)
     result = stylize.stylize_batch(batch["vgg"], content, [content[0]], cfg)
     assert result.converged.tolist() == [True] and result.steps.tolist() == [WINDOW]
     with pytest.raises(ConfigError, match="stop change"):
-        dataclasses.replace(cfg, stop_change=-1.0)
-    assert from_preset("fast").stop_change > 0 and from_preset("neural-style").stop_change == 0 and \
-        from_preset("neural-style").stop_tolerance == 0
+        cfg.replace(stop_change=-1.0)
+    neural_style = from_preset("neural-style").schedule
+    assert from_preset("fast").schedule.stop_change > 0 and neural_style.stop_change == 0 and \
+        neural_style.stop_tolerance == 0

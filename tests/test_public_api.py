@@ -39,7 +39,7 @@ def test_each_export_is_the_object_of_its_module(name):
 
 def test_the_main_entry_points():
     assert jaxstyle.load is vgg19.load
-    assert jaxstyle.Config().num_iterations > 0
+    assert jaxstyle.Config().schedule.num_iterations > 0
     assert callable(jaxstyle.stylize.stylize) and callable(jaxstyle.stylize_batch)
     assert callable(jaxstyle.train.make_step) and callable(jaxstyle.apply)
 

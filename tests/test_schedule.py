@@ -17,7 +17,7 @@ from jaxstyle.config import RELATIVE_WEIGHTS, Config
 from jaxstyle.cli.common import OneLineParser
 from helpers import CAFFE
 
-CFG = Config(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
+CFG = Config().replace(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
 WINDOW = 4
 CAP = 24
 DTYPE = "float32"
@@ -155,8 +155,7 @@ def test_keep_best_returns_the_lowest_loss_iterate_of_a_non_monotone_run(problem
 
 
 def test_resumed_run_restarts_the_stopping_window(problem):
-    cfg = dataclasses.replace(CFG, image_size=32, stop_tolerance=1.0, stop_window=WINDOW,
-                              num_iterations=100)
+    cfg = CFG.replace(image_size=32, stop_tolerance=1.0, stop_window=WINDOW, num_iterations=100)
     content = np.asarray(problem["start"][0])
     start = stylize.Start(0, 10, np.asarray(problem["start"]))
     result = stylize.stylize_batch(problem["vgg"], content[None], [content], cfg, start=start)
@@ -173,16 +172,19 @@ def parse(*argv):
 def test_preset_neural_style_is_todays_config_and_explicit_weights_keep_their_meaning():
     todays = Config()  # neural-style's defaults, unchanged
     assert parse("--preset", "neural-style") == todays
-    assert todays.stop_tolerance == 0 and todays.loss_scale == "absolute"
-    assert (todays.num_iterations, todays.optimizer, todays.scales) == (1000, "lbfgs", None)
-    assert (todays.content_weight, todays.style_weight, todays.tv_weight) == (5.0, 100.0, 1e-3)
+    assert todays.schedule.stop_tolerance == 0 and todays.loss.loss_scale == "absolute"
+    assert (todays.schedule.num_iterations, todays.optimizer.name, todays.schedule.scales) == (
+        1000, "lbfgs", None)
+    assert (todays.loss.content_weight, todays.loss.style_weight, todays.loss.tv_weight) == (
+        5.0, 100.0, 1e-3)
     fast = parse()
-    assert fast.stop_tolerance > 0 and fast.loss_scale == "relative"
-    assert (fast.content_weight, fast.style_weight, fast.tv_weight) == tuple(
+    assert fast.schedule.stop_tolerance > 0 and fast.loss.loss_scale == "relative"
+    assert (fast.loss.content_weight, fast.loss.style_weight, fast.loss.tv_weight) == tuple(
         RELATIVE_WEIGHTS[k] for k in ("content_weight", "style_weight", "tv_weight"))
     given = parse("--style-weight", "200")
-    assert given.loss_scale == "absolute"
-    assert (given.content_weight, given.style_weight, given.tv_weight) == (5.0, 200.0, 1e-3)
+    assert given.loss.loss_scale == "absolute"
+    assert (given.loss.content_weight, given.loss.style_weight, given.loss.tv_weight) == (
+        5.0, 200.0, 1e-3)
 
 
 def test_preset_neural_style_gives_the_same_image_as_todays_explicit_flags(tmp_path, capsys,
@@ -211,50 +213,53 @@ def test_preset_neural_style_gives_the_same_image_as_todays_explicit_flags(tmp_p
 
 
 def test_pyramid_halves_the_size_down_to_64_px_and_caps_coarse_scales():
-    fast = Config(image_size=256, num_scales=3, coarse_iterations=150, num_iterations=1000)
-    assert fast.all_scales == (64, 128, 256)
-    assert fast.scale_iterations == (150, 150, 1000) and fast.total_iterations == 1300
-    assert [fast.iterations_before(i) for i in range(3)] == [0, 150, 300]
-    assert dataclasses.replace(fast, image_size=1024).all_scales == (256, 512, 1024)
-    assert dataclasses.replace(fast, image_size=200).all_scales == (100, 200)  # 50 < 64 px
-    assert dataclasses.replace(fast, image_size=100).all_scales == (100,)
-    assert dataclasses.replace(fast, num_scales=1).all_scales == (256,)
-    explicit = dataclasses.replace(fast, scales=(32, 256))  # --scales wins over the pyramid
-    assert explicit.all_scales == (32, 256) and explicit.scale_iterations == (150, 1000)
-    assert dataclasses.replace(fast, num_iterations=20).scale_iterations == (20, 20, 20)
-    assert Config().scale_iterations == (1000,)  # neural-style: one scale, no coarse cap
-    assert Config(scales=(128, 256)).scale_iterations == (1000, 1000)
+    fast = Config().replace(image_size=256, num_scales=3, coarse_iterations=150,
+                            num_iterations=1000)
+    assert fast.schedule.all_scales == (64, 128, 256)
+    assert fast.schedule.scale_iterations == (150, 150, 1000)
+    assert fast.schedule.total_iterations == 1300
+    assert [fast.schedule.iterations_before(i) for i in range(3)] == [0, 150, 300]
+    assert fast.replace(image_size=1024).schedule.all_scales == (256, 512, 1024)
+    assert fast.replace(image_size=200).schedule.all_scales == (100, 200)  # 50 < 64 px
+    assert fast.replace(image_size=100).schedule.all_scales == (100,)
+    assert fast.replace(num_scales=1).schedule.all_scales == (256,)
+    explicit = fast.replace(scales=(32, 256))  # --scales wins over the pyramid
+    assert explicit.schedule.all_scales == (32, 256)
+    assert explicit.schedule.scale_iterations == (150, 1000)
+    assert fast.replace(num_iterations=20).schedule.scale_iterations == (20, 20, 20)
+    assert Config().schedule.scale_iterations == (1000,)  # neural-style: one scale, no coarse cap
+    assert Config().replace(scales=(128, 256)).schedule.scale_iterations == (1000, 1000)
     with pytest.raises(ValueError, match="number of scales"):
-        Config(num_scales=0)
+        Config().replace(num_scales=0)
 
 
 def test_cli_default_is_the_pyramid_and_neural_style_is_one_scale():
-    fast = parse("--image-size", "256")
+    fast = parse("--image-size", "256").schedule
     assert fast.all_scales == (64, 128, 256) and fast.scale_iterations[0] < fast.num_iterations
-    assert parse("--preset", "neural-style", "--image-size", "256").all_scales == (256,)
-    assert parse("--num-scales", "1").all_scales == (512,)  # the default --image-size
-    assert parse("--image-size", "256", "--coarse-iterations", "7").scale_iterations[:2] == (7, 7)
-    assert parse("--scales", "100,200").all_scales == (100, 200)
+    assert parse("--preset", "neural-style", "--image-size", "256").schedule.all_scales == (256,)
+    assert parse("--num-scales", "1").schedule.all_scales == (512,)  # the default --image-size
+    coarse = parse("--image-size", "256", "--coarse-iterations", "7").schedule
+    assert coarse.scale_iterations[:2] == (7, 7)
+    assert parse("--scales", "100,200").schedule.all_scales == (100, 200)
     history = parse("--lbfgs-history-dtype", "bfloat16")
-    assert history.lbfgs_history_dtype == "bfloat16"
+    assert history.optimizer.lbfgs_history_dtype == "bfloat16"
     assert optimize.Method.from_config(history).history_dtype == "bfloat16"
-    assert parse().lbfgs_history_dtype == "float32"
+    assert parse().optimizer.lbfgs_history_dtype == "float32"
     # The default keeps 50 L-BFGS pairs (measured: time to quality within 2 %, half the memory);
     # neural-style's 100 with its preset, and whatever is asked for.
-    assert parse().lbfgs_memory == 50
-    assert parse("--preset", "neural-style").lbfgs_memory == 100
-    assert parse("--lbfgs-memory", "7").lbfgs_memory == 7
+    assert parse().optimizer.lbfgs_memory == 50
+    assert parse("--preset", "neural-style").optimizer.lbfgs_memory == 100
+    assert parse("--lbfgs-memory", "7").optimizer.lbfgs_memory == 7
     # The pyramid preconditioner: 5 levels in the fast preset, plain L-BFGS in neural-style's.
     assert optimize.Method.from_config(parse()).pyramid_levels == 5  # the fast preset
     assert optimize.Method.from_config(parse("--preset", "neural-style")).pyramid_levels == 1
     assert optimize.Method.from_config(parse("--lbfgs-pyramid", "3")).pyramid_levels == 3
     with pytest.raises(ValueError, match="pyramid"):
-        Config(lbfgs_pyramid=0)
+        Config().replace(lbfgs_pyramid=0)
 
 
 def test_pyramid_runs_each_coarse_scale_to_its_cap_then_the_full_size(problem):
-    cfg = dataclasses.replace(CFG, image_size=128, num_scales=3, coarse_iterations=3,
-                              num_iterations=5)
+    cfg = CFG.replace(image_size=128, num_scales=3, coarse_iterations=3, num_iterations=5)
     rng = np.random.default_rng(1)
     content = rng.uniform(size=(1, 96, 128, 3)).astype(np.float32)
     seen = []
@@ -262,7 +267,7 @@ def test_pyramid_runs_each_coarse_scale_to_its_cap_then_the_full_size(problem):
         problem["vgg"], content, [content[0]], cfg, every=(1,),
         on_progress=lambda p: seen.append((p.scale_index, p.iteration, p.num_iterations,
                                            p.state.image.shape[1:3])))
-    assert cfg.all_scales == (64, 128)  # 32 px is under the pyramid's 64 px floor
+    assert cfg.schedule.all_scales == (64, 128)  # 32 px is under the pyramid's 64 px floor
     assert [s for s in seen if s[0] == 0][-1] == (0, 3, 3, (48, 64))
     assert [s for s in seen if s[0] == 1][-1] == (1, 5, 5, (96, 128))
     assert result.images.shape == (1, 96, 128, 3) and int(result.steps[0]) == 5
@@ -270,7 +275,7 @@ def test_pyramid_runs_each_coarse_scale_to_its_cap_then_the_full_size(problem):
 
 def test_pyramid_skips_a_coarse_scale_too_small_for_the_deepest_layer():
     vgg = vgg19.init(jax.random.key(0), CAFFE, last_layer="relu5_1")
-    cfg = Config(image_size=128, num_scales=2, num_iterations=2, coarse_iterations=2)
+    cfg = Config().replace(image_size=128, num_scales=2, num_iterations=2, coarse_iterations=2)
     content = np.random.default_rng(2).uniform(size=(1, 20, 128, 3)).astype(np.float32)
     seen = []
     # At 64 px the panorama is 10 px high, under relu5_1's 16: that scale is skipped, not an error.
@@ -279,4 +284,4 @@ def test_pyramid_skips_a_coarse_scale_too_small_for_the_deepest_layer():
     assert set(seen) == {1} and result.images.shape == (1, 20, 128, 3)
     with pytest.raises(ValueError, match="too small"):  # an explicit scale still is
         stylize.stylize_batch(vgg, content, [content[0]],
-                              dataclasses.replace(cfg, scales=(64, 128)))
+                              cfg.replace(scales=(64, 128)))

@@ -14,9 +14,9 @@ from jaxstyle import losses, optimize, sources, spatial, stylize
 from jaxstyle.config import Config
 from jaxstyle.models import vgg19
 
-cfg = Config(optimizer="adam", content_layers=("relu3_1",),
-             style_layers=("relu1_1", "relu2_1", "relu3_1"), num_iterations=5, image_size=64,
-             init="content")
+cfg = Config().replace(optimizer="adam", content_layers=("relu3_1",),
+                       style_layers=("relu1_1", "relu2_1", "relu3_1"), num_iterations=5,
+                       image_size=64, init="content")
 spec = losses.LossSpec.from_config(cfg)
 vgg = optimize.prepared(vgg19.init(jax.random.key(0), sources.TORCHVISION, "relu3_1"), spec)
 rng = np.random.default_rng(0)

@@ -4,7 +4,6 @@ the same compiled loop."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -17,10 +16,10 @@ from jaxstyle.errors import ConfigError
 from helpers import CAFFE
 
 # Shallow layers (compile fast), tiny size; all tests share the loop compiled for (24, 32).
-BASE = Config(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=32,
-              num_iterations=4, lbfgs_memory=5)
+BASE = Config().replace(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"),
+                        image_size=32, num_iterations=4, lbfgs_memory=5)
 # Loss identically zero: the optimizer never moves the image, so the result IS the start image.
-FROZEN = dataclasses.replace(BASE, content_weight=0.0, style_weight=0.0, tv_weight=0.0)
+FROZEN = BASE.replace(content_weight=0.0, style_weight=0.0, tv_weight=0.0)
 
 
 def smooth_image(h, w, seed, lo=0.0, hi=1.0) -> np.ndarray:
@@ -63,8 +62,8 @@ def test_output_size_follows_image_size_and_aspect(vgg, content, styles):
     assert np.all(np.isfinite(out)) and out.min() >= 0.0 and out.max() <= 1.0
     assert not np.allclose(out, image_io.resize(content, 24, 32), atol=1e-3)  # it did something
     assert stylize.scale_sizes(BASE, 40, 30) == [(32, 24)]  # portrait
-    assert stylize.scale_sizes(dataclasses.replace(BASE, image_size=64), 30, 40) == [(48, 64)]
-    assert stylize.scale_sizes(dataclasses.replace(BASE, scales=(16, 32)), 30, 40) == [(12, 16),
+    assert stylize.scale_sizes(BASE.replace(image_size=64), 30, 40) == [(48, 64)]
+    assert stylize.scale_sizes(BASE.replace(scales=(16, 32)), 30, 40) == [(12, 16),
                                                                                          (24, 32)]
 
 
@@ -77,7 +76,7 @@ def test_stylize_batch_result_fields(vgg, content, styles):
 
 
 def test_coarse_to_fine_reports_every_scale_and_ends_at_the_last_size(vgg, content, styles):
-    cfg = dataclasses.replace(BASE, scales=(24, 32))
+    cfg = BASE.replace(scales=(24, 32))
     seen = []
 
     def on_progress(p: stylize.Progress):
@@ -91,11 +90,11 @@ def test_coarse_to_fine_reports_every_scale_and_ends_at_the_last_size(vgg, conte
 
 
 def test_noise_init_is_deterministic_and_position_independent(vgg, content, styles):
-    cfg = dataclasses.replace(FROZEN, init="noise", seed=7)
+    cfg = FROZEN.replace(init="noise", seed=7)
     a = stylize.stylize(vgg, content, styles[:1], cfg)
     b = stylize.stylize(vgg, content, styles[:1], cfg)
     np.testing.assert_array_equal(a, b)
-    c = stylize.stylize(vgg, content, styles[:1], dataclasses.replace(cfg, seed=8))
+    c = stylize.stylize(vgg, content, styles[:1], cfg.replace(seed=8))
     assert not np.allclose(a, c)
     # Uniform noise, unrelated to the content.
     assert 0.0 <= a.min() and a.max() <= 1.0 and abs(a.mean() - 0.5) < 0.05
@@ -109,7 +108,7 @@ def test_noise_init_is_deterministic_and_position_independent(vgg, content, styl
     np.testing.assert_array_equal(first[1], alone[0])
     np.testing.assert_array_equal(first[0], a)  # and it is where the run above started
     # With real weights, the same seed still gives the same result.
-    real = dataclasses.replace(BASE, init="noise", seed=7)
+    real = BASE.replace(init="noise", seed=7)
     np.testing.assert_array_equal(stylize.stylize(vgg, content, styles[:1], real),
                                   stylize.stylize(vgg, content, styles[:1], real))
 
@@ -117,7 +116,7 @@ def test_noise_init_is_deterministic_and_position_independent(vgg, content, styl
 @pytest.mark.parametrize("init", ["content", "style", "image"])
 def test_init_starts_from_the_chosen_image(vgg, content, styles, init):
     init_image = smooth_image(50, 35, seed=11)
-    cfg = dataclasses.replace(FROZEN, init=init)
+    cfg = FROZEN.replace(init=init)
     out = stylize.stylize(vgg, content, styles, cfg, init_image=init_image)
     source = {"content": content, "style": styles[0], "image": init_image}[init]
     expected = image_io.resize(source, 24, 32)  # resized (aspect not kept) to the content's size
@@ -137,7 +136,7 @@ def test_resume_starts_from_the_given_images_and_runs_the_remaining_iterations(v
                                    start=stylize.Start(0, 1, start_images))
     np.testing.assert_array_equal(frozen.images, start_images)
 
-    cfg = dataclasses.replace(BASE, num_iterations=6)
+    cfg = BASE.replace(num_iterations=6)
     seen = []
     result = stylize.stylize_batch(
         vgg, content[None], styles[:1], cfg, start=stylize.Start(0, 2, start_images),
@@ -151,7 +150,7 @@ def test_resume_starts_from_the_given_images_and_runs_the_remaining_iterations(v
 
 
 def test_resume_at_a_later_scale_skips_the_earlier_ones(vgg, content, styles):
-    cfg = dataclasses.replace(FROZEN, scales=(24, 32))
+    cfg = FROZEN.replace(scales=(24, 32))
     start_images = smooth_image(18, 24, seed=14)[None]  # the size of scale 0: resized to scale 1
     seen = []
     result = stylize.stylize_batch(vgg, content[None], styles[:1], cfg,
@@ -166,7 +165,7 @@ def test_resume_at_a_later_scale_skips_the_earlier_ones(vgg, content, styles):
 def test_resume_reports_progress_at_multiples_of_every(vgg, content, styles):
     """Periods in ``every`` (snapshots, GIF frames: the CLI tests ``iteration % period == 0``) are
     absolute iteration numbers, so a run resumed at iteration 3 must still report at 4, 6 and 8."""
-    cfg = dataclasses.replace(FROZEN, num_iterations=8)
+    cfg = FROZEN.replace(num_iterations=8)
     seen = []
     stylize.stylize_batch(vgg, content[None], styles[:1], cfg,
                           start=stylize.Start(0, 3, smooth_image(24, 32, seed=15)[None]),
@@ -177,9 +176,9 @@ def test_resume_reports_progress_at_multiples_of_every(vgg, content, styles):
 
 def test_original_colors_keeps_the_contents_chroma(vgg, styles):
     content = smooth_image(24, 32, seed=16, lo=0.3, hi=0.7)  # already the output size
-    cfg = dataclasses.replace(BASE, num_iterations=6)
+    cfg = BASE.replace(num_iterations=6)
     plain = stylize.stylize(vgg, content, styles[:1], cfg)
-    kept = stylize.stylize(vgg, content, styles[:1], dataclasses.replace(cfg, original_colors=True))
+    kept = stylize.stylize(vgg, content, styles[:1], cfg.replace(original_colors=True))
     np.testing.assert_allclose(kept, image_io.original_colors(plain, content), atol=1e-6)
     inside = np.all((kept > 1e-4) & (kept < 1 - 1e-4), axis=-1)  # pixels the clip left alone
     assert inside.mean() > 0.5
@@ -189,26 +188,26 @@ def test_original_colors_keeps_the_contents_chroma(vgg, styles):
 
 
 def test_multiple_styles_blend(vgg, content, styles):
-    cfg = dataclasses.replace(BASE, style_blend_weights=(0.3, 0.7))
+    cfg = BASE.replace(style_blend_weights=(0.3, 0.7))
     blended = stylize.stylize(vgg, content, styles, cfg)
     assert blended.shape == (24, 32, 3)
     # Blend weights are normalized: (3, 7) is (0.3, 0.7).
     np.testing.assert_allclose(
-        stylize.stylize(vgg, content, styles, dataclasses.replace(cfg, style_blend_weights=(3, 7))),
+        stylize.stylize(vgg, content, styles, cfg.replace(style_blend_weights=(3, 7))),
         blended, atol=1e-5)
     # A blend of (1, 0) is the first style alone; (0, 1) the second.
     only_first = stylize.stylize(vgg, content, styles,
-                                 dataclasses.replace(cfg, style_blend_weights=(1.0, 0.0)))
+                                 cfg.replace(style_blend_weights=(1.0, 0.0)))
     np.testing.assert_allclose(only_first, stylize.stylize(vgg, content, styles[:1], BASE),
                                atol=1e-5)
     only_second = stylize.stylize(vgg, content, styles,
-                                  dataclasses.replace(cfg, style_blend_weights=(0.0, 1.0)))
+                                  cfg.replace(style_blend_weights=(0.0, 1.0)))
     np.testing.assert_allclose(only_second, stylize.stylize(vgg, content, styles[1:], BASE),
                                atol=1e-5)
     for other in (only_first, only_second):
         assert not np.allclose(blended, other, atol=1e-4)
     with pytest.raises(ConfigError):
-        stylize.stylize(vgg, content, styles, dataclasses.replace(cfg, style_blend_weights=(1.0,)))
+        stylize.stylize(vgg, content, styles, cfg.replace(style_blend_weights=(1.0,)))
 
 
 @pytest.mark.parametrize("case", ["panorama-style", "small-content"])
@@ -223,11 +222,11 @@ def test_too_small_for_the_deepest_layer_is_a_user_error(case):
     vgg = vgg19.init(jax.random.key(0), CAFFE)  # default layers: down to relu5_1
     content = smooth_image(30, 40, seed=1)
     style = smooth_image(30, 40, seed=2)
-    cfg = Config(image_size=32, num_iterations=2)
+    cfg = Config().replace(image_size=32, num_iterations=2)
     if case == "panorama-style":
         style = smooth_image(8, 48, seed=2)  # -> 5 x 32 at the style's long side of 32
     else:
-        cfg = Config(image_size=16, num_iterations=2)  # 30 x 40 content -> 12 x 16
+        cfg = Config().replace(image_size=16, num_iterations=2)  # 30 x 40 content -> 12 x 16
     try:
         result = stylize.stylize_batch(vgg, content[None], [style], cfg)
     except JaxstyleError as e:
@@ -240,7 +239,7 @@ def test_divergence_still_returns_the_last_scales_size(vgg, content, styles):
     """`stylize_batch` documents its `Result` as "at the last scale's size" (the CLI saves it as the
     output). A run that diverges at the first scale must still come back at that size (its last
     finite images, upsampled), flagged diverged, not silently at the first scale's size."""
-    cfg = dataclasses.replace(BASE, scales=(24, 32), style_weight=1e38)  # the loss overflows
+    cfg = BASE.replace(scales=(24, 32), style_weight=1e38)  # the loss overflows
     result = stylize.stylize_batch(vgg, content[None], styles[:1], cfg)
     assert result.diverged.tolist() == [True]
     assert np.all(np.isfinite(result.images))

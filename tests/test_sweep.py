@@ -24,7 +24,8 @@ def test_every_cell_equals_its_settings_run_alone_and_the_sweep_compiles_once(vg
     rng = np.random.default_rng(0)
     content = rng.random((24, 32, 3), dtype=np.float32)
     styles = [rng.random((28, 28, 3), dtype=np.float32), rng.random((20, 30, 3), dtype=np.float32)]
-    base = Config(image_size=32, num_iterations=5, optimizer="adam", init="noise", **SMALL)
+    base = Config().replace(image_size=32, num_iterations=5, optimizer="adam", init="noise",
+                            **SMALL)
     cells = sweep.grid(base, {"style_weight": [10.0, 1000.0], "learning_rate": [0.02, 0.1],
                               "style_blend_weights": [(1.0, 3.0), (1.0, 0.0)], "seed": [1]})
     assert len(cells) == 8 and cells[1][0] == {"style_weight": 10.0, "learning_rate": 0.02,
@@ -46,7 +47,7 @@ def test_a_shape_changing_setting_cannot_be_swept():
     with pytest.raises(ConfigError, match="cannot sweep image-size"):
         sweep.grid(Config(), {"image_size": [256, 512]})
     with pytest.raises(ConfigError, match="style-layers"):
-        sweep.check_sweep([Config(), Config(style_layers=("relu1_1",))])
+        sweep.check_sweep([Config(), Config().replace(style_layers=("relu1_1",))])
 
 
 def test_cli_sweep_writes_sheet_cells_and_index(capsys, tmp_path, keras_safetensors):

@@ -18,8 +18,8 @@ SIZE, TILE, OVERLAP = 96, 64, 32  # 2 x 2 tiles; each crop reaches 16 px past wh
 
 @pytest.fixture(scope="module")
 def setup():
-    cfg = Config(optimizer="adam", content_layers=("relu3_1",), style_layers=LAYERS,
-                 num_iterations=12, init="content", image_size=SIZE)
+    cfg = Config().replace(optimizer="adam", content_layers=("relu3_1",), style_layers=LAYERS,
+                           num_iterations=12, init="content", image_size=SIZE)
     spec = losses.LossSpec.from_config(cfg)
     vgg = optimize.prepared(vgg19.init(jax.random.key(0), sources.TORCHVISION, "relu3_1"), spec)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE

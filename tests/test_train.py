@@ -52,8 +52,8 @@ def vgg():
 
 
 def tiny_loss(vgg, style):
-    cfg = Config(content_layers=("relu2_2",), style_layers=STYLE_LAYERS, content_weight=0.05,
-                 style_weight=1.0, tv_weight=0.0)
+    cfg = Config().replace(content_layers=("relu2_2",), style_layers=STYLE_LAYERS,
+                           content_weight=0.05, style_weight=1.0, tv_weight=0.0)
     return train.make_loss(vgg, [style], [1.0], losses.LossSpec.from_config(cfg))
 
 
@@ -131,8 +131,8 @@ SHARDED = textwrap.dedent("""
                      last_layer="relu1_2")
     rng = np.random.default_rng(0)
     photos = rng.random((12, 16, 16, 3), dtype=np.float32)
-    cfg = Config(content_layers=("relu1_2",), style_layers=("relu1_1",),
-                 content_weight=0.05, style_weight=1.0, tv_weight=1e-6)
+    cfg = Config().replace(content_layers=("relu1_2",), style_layers=("relu1_1",),
+                           content_weight=0.05, style_weight=1.0, tv_weight=1e-6)
     tl = train.make_loss(vgg, [rng.random((1, 16, 16, 3), dtype=np.float32)], [1.0],
                          losses.LossSpec.from_config(cfg))
     meshes = [batch.device_mesh(jax.devices()[:1]), batch.device_mesh(jax.devices())]

@@ -75,8 +75,8 @@ def test_training_with_the_term_is_more_stable_under_a_shift(keras_safetensors):
 
     vgg = vgg19.load(keras_safetensors)
     # Shallow layers keep the test fast; the CLI's default weights (content 1, style 5).
-    cfg = Config(content_layers=("relu1_2",), style_layers=("relu1_1", "relu2_1"),
-                 content_weight=1.0, style_weight=5.0, tv_weight=1e-6)
+    cfg = Config().replace(content_layers=("relu1_2",), style_layers=("relu1_1", "relu2_1"),
+                           content_weight=1.0, style_weight=5.0, tv_weight=1e-6)
     spec = losses.LossSpec.from_config(cfg)
     style = photos(1, seed=5)
     data = [jnp.asarray(photos(2, seed=10 + i)) for i in range(15)]

@@ -4,7 +4,6 @@ torchvision-convention networks)."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -83,8 +82,8 @@ def test_w2_loss_value_and_gradient_match_float64_scipy():
     assert float(losses.w2_style_loss(jnp.asarray(ft, jnp.float32), target)[0]) < 1e-4
 
 
-CFG = Config(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=32,
-             style_loss="w2")
+CFG = Config().replace(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"),
+                       image_size=32, style_loss="w2")
 
 
 def test_styles_blend_by_first_and_second_moments(vgg):
@@ -124,8 +123,8 @@ def test_default_relative_weights_work_alike_on_caffe_and_torchvision_convention
     rng = np.random.default_rng(6)
     content = (0.3 + 0.4 * rng.uniform(size=(32, 32, 3))).astype(np.float32)
     style = (rng.uniform(size=(32, 32, 3)) ** np.array([0.3, 1.0, 3.0])).astype(np.float32)
-    cfg = dataclasses.replace(CFG, style_loss="gram", num_iterations=30, loss_scale="relative",
-                              **RELATIVE_WEIGHTS)
+    cfg = CFG.replace(style_loss="gram", num_iterations=30, loss_scale="relative",
+                      **RELATIVE_WEIGHTS)
     start = colour_w2(content, style)
     cut = {}
     for convention, pre in (("caffe", CAFFE), ("torchvision", sources.TORCHVISION)):

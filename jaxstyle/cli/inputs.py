@@ -38,9 +38,9 @@ def check_guidance_flags(args: argparse.Namespace, cfg: Config, has_content: boo
     if args.content_map and (args.style_masks or args.style_region_masks):
         raise JaxstyleError("use either semantic maps (--content-map/--style-map) or masks "
                             "(--style-masks/--style-region-masks), not both")
-    if (args.style_masks or args.content_map) and cfg.style_loss != "gram":
-        raise JaxstyleError(f"masks and maps guide Gram matrices; --style-loss {cfg.style_loss} "
-                            "cannot take them yet: drop one of them")
+    if (args.style_masks or args.content_map) and cfg.loss.style_loss != "gram":
+        raise JaxstyleError("masks and maps guide Gram matrices; --style-loss "
+                            f"{cfg.loss.style_loss} cannot take them yet: drop one of them")
     if args.style_masks and args.style_blend_weights:
         raise JaxstyleError("--style-blend-weights blends styles over the same area; with "
                             "--style-masks each style has its own area: drop one of them")
@@ -48,10 +48,10 @@ def check_guidance_flags(args: argparse.Namespace, cfg: Config, has_content: boo
         if not args.content_map:
             raise JaxstyleError("no content image: give one, or paint a doodle with "
                                 "--content-map MAP --style-map SMAP --init noise")
-        if cfg.init == "content":
+        if cfg.start.init == "content":
             raise JaxstyleError("no content image to start from: add --init noise (or --init "
                                 "style / --init image) to paint the content map")
-        if cfg.original_colors or cfg.color_match:
+        if cfg.output.original_colors or cfg.loss.color_match:
             raise JaxstyleError("--original-colors and --color-match take the content image's "
                                 "colours; give a content image or drop them")
 
@@ -62,7 +62,7 @@ def load_guidance(args: argparse.Namespace, cfg: Config, long_side: int, style_l
     if args.content_map:
         content_map = image_io.load_image(args.content_map, long_side, role="content map")
         style_maps = [image_io.load_image(m, style_long, role="style map") for m in args.style_map]
-        return guidance.from_maps(content_map, style_maps, cfg.blend_weights(len(args.style)))
+        return guidance.from_maps(content_map, style_maps, cfg.loss.blend_weights(len(args.style)))
     if not (args.style_masks or args.style_region_masks):
         return None
     masks = None if not args.style_masks else [
@@ -72,7 +72,8 @@ def load_guidance(args: argparse.Namespace, cfg: Config, long_side: int, style_l
     for paths, loaded in ((args.style_masks, masks), (args.style_region_masks, regions)):
         for path, mask in zip(paths or (), loaded or ()):
             check_mask_coverage(path, mask)
-    return guidance.from_masks(len(args.style), masks, regions, cfg.blend_weights(len(args.style)))
+    return guidance.from_masks(len(args.style), masks, regions,
+                               cfg.loss.blend_weights(len(args.style)))
 
 
 def check_mask_coverage(path: str, mask: np.ndarray) -> None:

@@ -45,7 +45,7 @@ def one_image_job(args: argparse.Namespace, cfg: Config) -> Job:
         content = contents[0]
     else:  # painting a doodle: the map gives the output's size; there is no content term
         content, role = Path(args.content_map), "content map"
-        cfg = dataclasses.replace(cfg, content_weight=0.0)
+        cfg = cfg.replace(content_weight=0.0)
     output = Path(args.output)
     if contents and image_io.is_folder(args.output):  # one content into a folder: <stem>.png
         output = output_path(output, content, None)
@@ -116,12 +116,13 @@ def memory_modes(job: Job, has_guidance: bool) -> tuple[str, ...]:
     a subset of the settings (see `pipeline.PLANNED`), so they are offered only for it."""
     cfg = job.cfg
     # Both run every iteration (no early stop) and return the last iterate.
-    if (job.kind != "one" or has_guidance or cfg.init == "image" or cfg.average > 0
-            or cfg.keep_best or cfg.original_colors or cfg.color_match):
+    if (job.kind != "one" or has_guidance or cfg.start.init == "image" or cfg.output.average > 0
+            or cfg.output.keep_best or cfg.output.original_colors or cfg.loss.color_match):
         return ("one",)
     modes = ["one", "devices"]
-    if (cfg.optimizer == "adam" and cfg.loss_scale == "absolute" and cfg.style_loss == "gram"
-            and len(cfg.all_scales) == 1 and cfg.init in ("content", "noise")):
+    if (cfg.optimizer.name == "adam" and cfg.loss.loss_scale == "absolute"
+            and cfg.loss.style_loss == "gram" and len(cfg.schedule.all_scales) == 1
+            and cfg.start.init in ("content", "noise")):
         modes.append("tiles")
     return tuple(modes)
 
@@ -131,7 +132,7 @@ def check_job_memory(job: Job, batch_size: int, max_memory: int | None,
     """`check_memory` for the job, from the files' headers (before loading them): the job with
     the plan it runs under."""
     cfg = job.cfg
-    long_side = max(cfg.all_scales)
+    long_side = max(cfg.schedule.all_scales)
     if job.kind == "many":  # the worst case, a square image, in full batches
         check_memory(cfg, long_side, long_side, min(batch_size, len(job.problems)),
                      max(len(g) for g in job.groups), max_memory=max_memory)
@@ -148,8 +149,8 @@ def check_job_memory(job: Job, batch_size: int, max_memory: int | None,
         if "tiles" in modes or job.kind != "one" or has_guidance:
             raise
         # Would tiles fit? They run Adam at one scale with explicit weights: say how.
-        tiled = dataclasses.replace(cfg, optimizer="adam", loss_scale="absolute", num_scales=1,
-                                    scales=None, style_loss="gram")
+        tiled = cfg.replace(optimizer="adam", loss_scale="absolute", num_scales=1, scales=None,
+                            style_loss="gram")
         available, _ = available_memory()
         try:
             memory.plan(tiled, *size, available, max_memory=max_memory, modes=("tiles",))
@@ -166,8 +167,8 @@ def load_inputs(job: Job, args: argparse.Namespace) -> tuple[Job, Inputs]:
     image that cannot be read (or whose output cannot be written) is skipped with a warning:
     the returned job lacks its problems (JaxstyleError when none is left)."""
     cfg = job.cfg
-    long_side = max(cfg.all_scales)
-    style_long = max(16, round(cfg.style_scale * long_side))
+    long_side = max(cfg.schedule.all_scales)
+    style_long = max(16, round(cfg.loss.style_scale * long_side))
     styles = {s: image_io.load_image(s, style_long, role="style image")
               for group in job.groups for s in group}
     contents, skipped = {}, []

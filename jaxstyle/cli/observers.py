@@ -62,8 +62,9 @@ def snapshot_paths(output: Path, cfg: Config, save_iter: int) -> list[Path]:
     """Every OUTPUT_<iter> file ``--save-iter`` may write (at each scale's multiples of it)."""
     if save_iter <= 0:
         return []
-    return [snapshot_path(output, cfg.iterations_before(s) + k)
-            for s, cap in enumerate(cfg.scale_iterations) for k in range(0, cap, save_iter)]
+    schedule = cfg.schedule
+    return [snapshot_path(output, schedule.iterations_before(s) + k)
+            for s, cap in enumerate(schedule.scale_iterations) for k in range(0, cap, save_iter)]
 
 
 class Snapshots(Observer):

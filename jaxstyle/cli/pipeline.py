@@ -175,7 +175,7 @@ class StopRequested(KeyboardInterrupt):
 
 def finish_image(image: np.ndarray, content: np.ndarray, cfg: Config) -> np.ndarray:
     """A result as the user gets it: with the content's colours under ``original_colors``."""
-    return image_io.original_colors(image, content) if cfg.original_colors else image
+    return image_io.original_colors(image, content) if cfg.output.original_colors else image
 
 
 def run_job(vgg: vgg19.VGG, job: Job, inputs: Inputs, outputs: "Outputs",
@@ -190,7 +190,7 @@ def run_job(vgg: vgg19.VGG, job: Job, inputs: Inputs, outputs: "Outputs",
     image (written in the results' place). Any other error propagates."""
     latest: dict[int, Latest] = {}
     every = tuple(sorted({k for o in observers for k in o.every if k}))
-    total = len(job.problems) * job.cfg.total_iterations
+    total = len(job.problems) * job.cfg.schedule.total_iterations
 
     def report(progress: stylize_lib.Progress, problems: Sequence[int], done: int) -> None:
         images = progress.images
@@ -232,11 +232,11 @@ def _run(vgg, job: Job, inputs: Inputs, report, on_scale, every, batch_size
          ) -> list[stylize_lib.Result]:
     """The library call for the job's kind; ``report(progress, problems, done)`` per chunk."""
     cfg = job.cfg
-    per_problem = cfg.total_iterations
+    per_problem = cfg.schedule.total_iterations
     styles = [[inputs.styles[s] for s in group] for group in job.groups]
 
     def step(p: stylize_lib.Progress) -> int:
-        return cfg.iterations_before(p.scale_index) + p.iteration
+        return cfg.schedule.iterations_before(p.scale_index) + p.iteration
 
     if job.kind == "one" and job.plan is not None and job.plan.mode != "one":
         return [_planned(vgg, job, inputs, styles[0])]

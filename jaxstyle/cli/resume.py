@@ -13,7 +13,6 @@ on exactly as the uninterrupted one would.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -65,7 +64,7 @@ def save(path: Path, images, scale_index: int, iteration: int, cfg: Config, inpu
             fields[f"state_{i}"] = leaf.view(np.uint16) if leaf.dtype.name == "bfloat16" else leaf
     atomic_write(path, lambda f: np.savez(
         f, images=np.asarray(images, np.float32), scale_index=scale_index, iteration=iteration,
-        config=json.dumps(dataclasses.asdict(cfg)), inputs=json.dumps(inputs), **fields))
+        config=json.dumps(cfg.flat()), inputs=json.dumps(inputs), **fields))
 
 
 def _state(data) -> list[np.ndarray] | None:
@@ -137,13 +136,14 @@ def load(path: Path, cfg: Config, inputs: dict,
     except Exception as e:  # whatever numpy or json raise: a damaged file, for the user
         why = " ".join(str(e).split())[:160] or type(e).__name__
         raise JaxstyleError(f"--resume: checkpoint '{path}' is damaged ({why}); delete it") from None
+    settings = cfg.flat()
     for key in SHAPE_SETTINGS:
-        value = getattr(cfg, key)
+        value = settings[key]
         if saved[key] != (list(value) if isinstance(value, tuple) else value):
             raise JaxstyleError(f"--resume: checkpoint '{path}' was made with a different "
                                 f"--{key.replace('_', '-')}; use the same flags or drop --resume")
     check_inputs(path, saved_inputs, inputs)
-    if scale_index >= len(cfg.all_scales) or iteration > cfg.num_iterations:
+    if scale_index >= len(cfg.schedule.all_scales) or iteration > cfg.schedule.num_iterations:
         raise JaxstyleError(f"--resume: checkpoint '{path}' is past this run's end; raise "
                             "--num-iterations to continue it")
     expected = stylize_lib.scale_sizes(cfg, *content_shape)[scale_index]

@@ -89,7 +89,7 @@ def run_job(args: argparse.Namespace, cfg: Config, watch: Watch | None, stop: St
     converged = sum(bool(r.converged is not None and r.converged[0]) for r in outcome.results)
     skipped = job.skipped
     _done(args, f"wrote {len(job.problems)} image(s) to {job.problems[0].output.parent} "
-                f"({converged} converged before --num-iterations {job.cfg.num_iterations})"
+                f"({converged} converged before --num-iterations {job.cfg.schedule.num_iterations})"
                 + (f"; skipped {len(skipped)}: {', '.join(map(str, skipped))}" if skipped else ""))
     return EXIT_ERROR if skipped or diverged else 0
 
@@ -100,8 +100,8 @@ def observers_for(args, job: pipeline.Job, inputs: pipeline.Inputs, outputs: pip
     desc = {"one": "stylize", "sweep": f"sweep {len(job.problems)}",
             "many": f"stylize {len(set(p.content for p in job.problems))}×{len(job.groups)}"}
     found: list[pipeline.Observer] = [
-        ProgressBar(len(job.problems) * job.cfg.total_iterations, desc[job.kind], args.quiet,
-                    args.print_iter, show_terms=job.kind == "one")]
+        ProgressBar(len(job.problems) * job.cfg.schedule.total_iterations, desc[job.kind],
+                    args.quiet, args.print_iter, show_terms=job.kind == "one")]
     if watch is not None:
         watch.start([p.name for p in job.problems],
                     {"sweep": job.swept} if job.swept is not None else None)
@@ -136,17 +136,18 @@ def stopped_early(job: pipeline.Job, outcome: pipeline.Outcome) -> int:
 
 def stop_reason(result: stylize_lib.Result, cfg: Config, i: int = 0) -> str:
     """Why problem ``i`` of a run stopped, in a few words for the progress bar and the log."""
-    steps = int(result.steps[i]) if result.steps is not None else cfg.num_iterations
+    schedule = cfg.schedule
+    steps = int(result.steps[i]) if result.steps is not None else schedule.num_iterations
     if result.diverged[i]:
         return f"stopped at iteration {steps}: the loss became NaN or infinite"
     if result.converged is not None and result.converged[i]:
-        rules = ([f"the 8-bit image changed by less than {cfg.stop_change:g} levels"]
-                 if cfg.stop_change > 0 else [])
-        rules += ([f"the loss improved by less than {cfg.stop_tolerance:g}"]
-                  if cfg.stop_tolerance > 0 else [])
-        return (f"converged at iteration {steps} of {cfg.num_iterations}: {' or '.join(rules)} "
-                f"over the last {cfg.stop_window} iterations")
-    return f"stopped at --num-iterations {cfg.num_iterations}"
+        rules = ([f"the 8-bit image changed by less than {schedule.stop_change:g} levels"]
+                 if schedule.stop_change > 0 else [])
+        rules += ([f"the loss improved by less than {schedule.stop_tolerance:g}"]
+                  if schedule.stop_tolerance > 0 else [])
+        return (f"converged at iteration {steps} of {schedule.num_iterations}: "
+                f"{' or '.join(rules)} over the last {schedule.stop_window} iterations")
+    return f"stopped at --num-iterations {schedule.num_iterations}"
 
 
 def _done(args: argparse.Namespace, line: str) -> int:

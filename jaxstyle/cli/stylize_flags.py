@@ -1,12 +1,12 @@
 """The flags of ``jaxstyle stylize`` (shared by ``video`` and ``warmup``) and the `Config` they
-describe: the parser is the one table of flags; every flag named for a `Config` field sets that
-field (`config_from_args`), the README's flag table lists exactly these flags
-(tests/test_flags.py), and ``--sweep`` may name exactly `config.SWEEPABLE` (`cli.sweep`)."""
+describe: the parser is the one table of flags; every flag named for a setting's flat name
+(`config.FIELDS`) sets that setting in its section (`config_from_args`), the README's flag table
+lists exactly these flags (tests/test_flags.py), and ``--sweep`` may name exactly
+`config.SWEEPABLE` (`cli.sweep`)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from jaxstyle import image_io, memory
 from jaxstyle.cli import resume
@@ -14,7 +14,7 @@ from jaxstyle.cli.common import add_weights_flags, csv, non_negative_float, posi
 from jaxstyle.cli.sweep import SWEEP_FLAGS, sweep_axis
 from jaxstyle.cli.watch import web_address
 from jaxstyle.config import (DTYPES, HISTORY_DTYPES, INITS, NORMALIZATIONS, OPTIMIZERS, PRESETS,
-                             RELATIVE_WEIGHTS, STYLE_LOSSES, Config, from_preset)
+                             FIELDS, RELATIVE_WEIGHTS, STYLE_LOSSES, Config, from_preset)
 from jaxstyle.errors import JaxstyleError
 
 CHECKPOINT_SUFFIX = resume.SUFFIX
@@ -38,21 +38,22 @@ def add_stylize_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     weights_help = ("default: each term relative to its target's scale (see --preset); any of "
                     "the three given: neural-style's meaning, the others {}")
     g.add_argument("--content-weight", type=non_negative_float,
-                   help=weights_help.format(f"default {d.content_weight:g}"))
+                   help=weights_help.format(f"default {d.loss.content_weight:g}"))
     g.add_argument("--style-weight", type=non_negative_float,
-                   help=weights_help.format(f"default {d.style_weight:g}"))
+                   help=weights_help.format(f"default {d.loss.style_weight:g}"))
     g.add_argument("--tv-weight", type=non_negative_float,
-                   help=weights_help.format(f"default {d.tv_weight:g}"))
-    g.add_argument("--content-layers", type=csv(str), default=d.content_layers, metavar="L1,L2",
-                   help=f"default {','.join(d.content_layers)}")
-    g.add_argument("--style-layers", type=csv(str), default=d.style_layers, metavar="L1,L2",
-                   help=f"default {','.join(d.style_layers)}")
+                   help=weights_help.format(f"default {d.loss.tv_weight:g}"))
+    g.add_argument("--content-layers", type=csv(str), default=d.loss.content_layers,
+                   metavar="L1,L2",
+                   help=f"default {','.join(d.loss.content_layers)}")
+    g.add_argument("--style-layers", type=csv(str), default=d.loss.style_layers, metavar="L1,L2",
+                   help=f"default {','.join(d.loss.style_layers)}")
     g.add_argument("--content-layer-weights", type=csv(float), metavar="W1,W2")
     g.add_argument("--style-layer-weights", type=csv(float), metavar="W1,W2")
     g.add_argument("--style-blend-weights", type=csv(float), metavar="W1,W2",
                    help="one per style image (default equal)")
-    g.add_argument("--normalization", choices=NORMALIZATIONS, default=d.normalization)
-    g.add_argument("--style-loss", choices=STYLE_LOSSES, default=d.style_loss,
+    g.add_argument("--normalization", choices=NORMALIZATIONS, default=d.loss.normalization)
+    g.add_argument("--style-loss", choices=STYLE_LOSSES, default=d.loss.style_loss,
                    help="gram, or w2: Wasserstein-2 distance between Gaussian fits of the features")
     g = p.add_argument_group("optimization")
     g.add_argument("--preset", choices=tuple(PRESETS), default="fast",
@@ -81,12 +82,12 @@ def add_stylize_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                    help="Adam step in [0,1] pixel units (default 0.04) / L-BFGS step scale (default 1)")
     g.add_argument("--lbfgs-memory", type=positive(int),
                    help=f"curvature pairs L-BFGS keeps (default {PRESETS['fast']['lbfgs_memory']}; "
-                        f"neural-style: {d.lbfgs_memory})")
+                        f"neural-style: {d.optimizer.lbfgs_memory})")
     g.add_argument("--lbfgs-pyramid", type=positive(int), metavar="LEVELS",
                    help="precondition L-BFGS with an image pyramid of this many levels, so the "
                         "image's large-scale structure converges as fast as its detail; 1 is "
                         f"plain L-BFGS (default {PRESETS['fast']['lbfgs_pyramid']}; "
-                        f"neural-style: {d.lbfgs_pyramid})")
+                        f"neural-style: {d.optimizer.lbfgs_pyramid})")
     g.add_argument("--max-memory", type=max_memory_size, metavar="SIZE",
                    help="plan for at most this much memory (e.g. 24GB, 512MiB): emulates a "
                         "smaller card; the run says its plan in one line or is refused with the "
@@ -95,11 +96,11 @@ def add_stylize_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                    help="the dtype L-BFGS stores its curvature pairs in; bfloat16 halves the "
                         "history, the largest part of a run's memory (default: float32)")
     g.add_argument("--num-iterations", type=positive(int),
-                   help=f"the cap on iterations per scale (default {d.num_iterations})")
-    g.add_argument("--seed", type=int, default=d.seed)
+                   help=f"the cap on iterations per scale (default {d.schedule.num_iterations})")
+    g.add_argument("--seed", type=int, default=d.start.seed)
     g = p.add_argument_group("images")
     g.add_argument("--image-size", type=positive(int),
-                   help=f"long side of the output in pixels (default {d.image_size})")
+                   help=f"long side of the output in pixels (default {d.schedule.image_size})")
     g.add_argument("--scales", type=csv(int), metavar="S1,S2",
                    help="coarse-to-fine long sides, e.g. 256,512,1024 (overrides --image-size "
                         "and --num-scales)")
@@ -109,17 +110,17 @@ def add_stylize_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     g.add_argument("--coarse-iterations", type=positive(int), metavar="N",
                    help="the cap on iterations at every scale but the last (default "
                         f"{PRESETS['fast']['coarse_iterations']}, at most --num-iterations)")
-    g.add_argument("--style-scale", type=positive(float), default=d.style_scale)
+    g.add_argument("--style-scale", type=positive(float), default=d.loss.style_scale)
     g.add_argument("--style-size", type=positive(int), metavar="PX",
                    help="long side of the style images in pixels (instead of --style-scale)")
     g.add_argument("--init", choices=INITS,
-                   help=f"the starting image (default {d.init}; image with --init-image)")
+                   help=f"the starting image (default {d.start.init}; image with --init-image)")
     g.add_argument("--init-image", metavar="IMAGE",
                    help="start from this image (implies --init image)")
     g.add_argument("--original-colors", action="store_true",
                    help="keep the content's colours (luminance transfer)")
-    g.add_argument("--pooling", choices=("max", "avg"), default=d.pooling)
-    g.add_argument("--compute-dtype", choices=DTYPES, default=d.compute_dtype)
+    g.add_argument("--pooling", choices=("max", "avg"), default=d.network.pooling)
+    g.add_argument("--compute-dtype", choices=DTYPES, default=d.network.compute_dtype)
     g = p.add_argument_group("where the style goes, and colour (one content image)")
     g.add_argument("--style-masks", nargs="+", metavar="MASK",
                    help="one grey mask per style image: white where that style goes in the output, "
@@ -204,7 +205,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """The `Config` that stylize flags describe (ConfigError for inconsistent values)."""
     style_scale = args.style_scale
     preset = from_preset(args.preset)
-    size = max(args.scales) if args.scales else (args.image_size or preset.image_size)
+    size = max(args.scales) if args.scales else (args.image_size or preset.schedule.image_size)
     if args.style_size:
         style_scale = args.style_size / size
     weights = dict(content_weight=args.content_weight, style_weight=args.style_weight,
@@ -213,10 +214,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.preset != "neural-style" and all(w is None for w in weights.values()):
         # No weight given: weights relative to the targets' scales, whatever the weights file.
         weights, loss_scale = dict(RELATIVE_WEIGHTS), "relative"
-    # Every flag named for a Config field sets it (None: the preset's or Config's default);
-    # the few that need more than a copy are computed above.
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-              if hasattr(args, f.name)}
+    # Every flag named for a setting (a flat name of config.FIELDS) sets it (None: the preset's or
+    # Config's default); the few that need more than a copy are computed above.
+    fields = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
     fields.update(weights, image_size=size, style_scale=style_scale, init=_init(args),
                   loss_scale=loss_scale)
     return from_preset(args.preset, **fields)

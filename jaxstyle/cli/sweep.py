@@ -6,7 +6,6 @@ The flags' values (`sweep_axis`) and the sweep's `pipeline.Job` (`sweep_job`).""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import typing
 from pathlib import Path
@@ -16,7 +15,7 @@ from jaxstyle import sweep as sweep_lib
 from jaxstyle.cli.common import warn
 from jaxstyle.cli.inputs import check_guidance_flags, guidance_inputs
 from jaxstyle.cli.pipeline import Job, Problem, Sheet
-from jaxstyle.config import INITS, SWEEPABLE, Config
+from jaxstyle.config import INITS, SWEEPABLE, Config, field_type
 from jaxstyle.errors import JaxstyleError
 
 
@@ -41,7 +40,7 @@ def _init(text: str) -> str:
 def _value_parser(field: str):
     """How one swept value of ``field`` is read, from its type in `Config`: a choice, an int, a
     tuple of numbers (colon-separated), or a finite float."""
-    hint = typing.get_type_hints(Config)[field]
+    hint = field_type(field)
     kinds = set(typing.get_args(hint)) - {type(None)} or {hint}
     if typing.get_origin(hint) is typing.Literal:
         return _init
@@ -105,11 +104,11 @@ def sweep_job(args: argparse.Namespace, cfg: Config) -> Job:
         raise JaxstyleError("each setting may be swept once; put all its values in one --sweep")
     axes = {SWEEP_FLAGS[name][0]: values for name, values in args.sweep}
     loss_weights = ("content_weight", "style_weight", "tv_weight")
-    if cfg.loss_scale == "relative" and set(loss_weights) & set(axes):
+    if cfg.loss.loss_scale == "relative" and set(loss_weights) & set(axes):
         # Sweeping a loss weight gives it, as its flag would: neural-style's absolute weights, so
         # that each cell equals the same flags run alone.
-        cfg = dataclasses.replace(cfg, loss_scale="absolute",
-                                  **{k: getattr(Config(), k) for k in loss_weights})
+        default = Config().flat()
+        cfg = cfg.replace(loss_scale="absolute", **{k: default[k] for k in loss_weights})
     cells = sweep_lib.grid(cfg, axes)
     if len(cells) > LARGE_SWEEP:
         sizes = " x ".join(str(len(values)) for _, values in args.sweep)

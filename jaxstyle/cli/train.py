@@ -97,21 +97,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     """The loss settings as a `Config` (validated like `stylize`'s)."""
     style_scale = args.style_size / args.image_size if args.style_size else args.style_scale
-    return Config(content_layers=tuple(args.content_layers), style_layers=tuple(args.style_layers),
-                  content_layer_weights=args.content_layer_weights,
-                  style_layer_weights=args.style_layer_weights,
-                  content_weight=args.content_weight, style_weight=args.style_weight,
-                  tv_weight=args.tv_weight, style_blend_weights=args.style_blend_weights,
-                  normalization=args.normalization, image_size=args.image_size,
-                  style_scale=style_scale, seed=args.seed, pooling=args.pooling,
-                  compute_dtype=args.compute_dtype, learning_rate=args.learning_rate)
+    return Config().replace(
+        content_layers=tuple(args.content_layers), style_layers=tuple(args.style_layers),
+        content_layer_weights=args.content_layer_weights,
+        style_layer_weights=args.style_layer_weights,
+        content_weight=args.content_weight, style_weight=args.style_weight,
+        tv_weight=args.tv_weight, style_blend_weights=args.style_blend_weights,
+        normalization=args.normalization, image_size=args.image_size,
+        style_scale=style_scale, seed=args.seed, pooling=args.pooling,
+        compute_dtype=args.compute_dtype, learning_rate=args.learning_rate)
 
 
 def loss_metadata(cfg: Config, args: argparse.Namespace) -> dict:
     keys = ("content_layers", "style_layers", "content_layer_weights", "style_layer_weights",
             "content_weight", "style_weight", "tv_weight", "style_blend_weights", "normalization",
             "image_size", "style_scale", "pooling", "learning_rate", "seed", "compute_dtype")
-    meta = {k: getattr(cfg, k) for k in keys}
+    settings = cfg.flat()
+    meta = {k: settings[k] for k in keys}
     meta.update(batch_size=args.batch_size, width=args.width, weights=str(args.weights or "default"))
     # The stability term (`train.Motion`) is part of what the network learnt: `netfile.temporal`.
     meta.update(temporal_weight=float(args.temporal_weight),
@@ -241,9 +243,9 @@ def train(args: argparse.Namespace, cfg: Config, output: Path, files: list[Path]
           log: LogWriter | None, stop: StopRequest) -> int:
     """The training run after `run`'s checks; Ctrl-C sets ``stop.requested``."""
     enable_compilation_cache(args)
-    style_long = max(16, round(cfg.style_scale * cfg.image_size))
+    style_long = max(16, round(cfg.loss.style_scale * cfg.schedule.image_size))
     styles = [image_io.load_image(s, style_long, role="style image")[None] for s in args.style]
-    blend = cfg.blend_weights(len(styles))
+    blend = cfg.loss.blend_weights(len(styles))
     checkpoint = output.with_name(output.name + CHECKPOINT_SUFFIX)
     meta = loss_metadata(cfg, args)
     made_from = resume.inputs_record([], [], args.style, styles)
@@ -258,9 +260,9 @@ def train(args: argparse.Namespace, cfg: Config, output: Path, files: list[Path]
             raise JaxstyleError(f"--resume: checkpoint '{checkpoint}' is at step {step}, not before "
                                 f"--steps {args.steps}; raise --steps to continue it")
 
-    vgg = load_network(args, args.quiet).with_pooling(cfg.pooling)
+    vgg = load_network(args, args.quiet).with_pooling(cfg.network.pooling)
     spec = losses.LossSpec.from_config(cfg)
-    tl = train_lib.make_loss(vgg, styles, blend, spec, cfg.compute_dtype,
+    tl = train_lib.make_loss(vgg, styles, blend, spec, cfg.network.compute_dtype,
                              temporal_weight=args.temporal_weight)
     step_fn = train_lib.make_step(tl, mesh)
     params, opt_state = train_lib.replicate((params, opt_state), mesh)

@@ -134,11 +134,11 @@ def run(args: argparse.Namespace) -> int:
     inputs.check_guidance_flags(args, cfg, has_content=True)
     check_memory(cfg, height, width, num_styles=len(args.style))
     enable_compilation_cache(args)
-    style_long = max(16, round(cfg.style_scale * long_side))
+    style_long = max(16, round(cfg.loss.style_scale * long_side))
     styles = [image_io.load_image(s, style_long, role="style image") for s in args.style]
     guide = inputs.load_guidance(args, cfg, long_side, style_long)
     init_image = (image_io.load_image(args.init_image, long_side, role="init image")
-                  if cfg.init == "image" else None)
+                  if cfg.start.init == "image" else None)
 
     folder = Path(str(output) + FRAMES_SUFFIX)
     segments = args.segments or _default_segments()
@@ -205,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
             previous_out = video.quantize(result.images[0])
             previous_in = frame
             image_io.save_image(previous_out, _frame_path(folder, index))
-            steps.append(int(result.steps[0]) if result.steps is not None else cfg.num_iterations)
+            steps.append(int(result.steps[0]) if result.steps is not None
+                         else cfg.schedule.num_iterations)
             bar.update(1)
             bar.set_postfix(it=steps[-1], loss=f"{float(result.loss[0]):.4g}", refresh=False)
             _frame_done(index)
@@ -316,7 +317,7 @@ def _run_segments(args, source, output, folder, info, vgg, dis, styles, cfg, gui
                 prev_out[k], prev_in[k] = video.quantize(result.images[row]), frames[k]
                 image_io.save_image(prev_out[k], _segment_path(folder, k, index))
             steps.append([int(result.steps[row]) if result.steps is not None
-                          else cfg.num_iterations for row in range(len(active))])
+                          else cfg.schedule.num_iterations for row in range(len(active))])
             bar.update(len(active))
             bar.set_postfix(it=max(steps[-1]), refresh=False)
             _frame_done(i)

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         raise JaxstyleError("warmup fills the compilation cache: drop --no-compile-cache")
     cfg = config_from_args(args)
     aspects = args.aspect or [aspect(a) for a in DEFAULT_ASPECTS]
-    sizes = bucket_sizes(aspects, max(cfg.all_scales))
+    sizes = bucket_sizes(aspects, max(cfg.schedule.all_scales))
     folder = args.folder_batch
     rng = np.random.default_rng(0)
     total = time.perf_counter()
@@ -104,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
                 code = stylize_cli.run(_one_iteration(args, contents, output, folder))
                 if code != 0:
                     return code
-                print(f"warmed {w}x{h} ({what}, {len(cfg.all_scales)} scale(s)) in "
+                print(f"warmed {w}x{h} ({what}, {len(cfg.schedule.all_scales)} scale(s)) in "
                       f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
-    print(f"warmup done: {len(sizes)} shape bucket(s) at {max(cfg.all_scales)} px in "
+    print(f"warmup done: {len(sizes)} shape bucket(s) at {max(cfg.schedule.all_scales)} px in "
           f"{time.perf_counter() - total:.1f} s; stylize runs with these flags now load their "
           "programs from the cache", file=sys.stderr)
     return 0

@@ -6,7 +6,6 @@ one-line error at once."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -59,7 +58,7 @@ class Watch:
         self.rows = [{"name": n, "loss": None, "content": None, "style": None, "tv": None,
                       "step": None} for n in names]
         if self.log is not None:
-            settings = {k: v for k, v in dataclasses.asdict(self.cfg).items()}
+            settings = self.cfg.flat()
             text = json.dumps({**settings, **(extra or {})}, indent=1, default=str)
             for name in self.names:
                 self.log.text(name, "settings", "```\n" + text + "\n```")
@@ -69,8 +68,8 @@ class Watch:
         padding); compile_s: seconds the process has spent making programs so far (logged apart
         from the steps' time)."""
         cfg = self.cfg
-        step = cfg.iterations_before(p.scale_index) + p.iteration
-        total = cfg.total_iterations
+        step = cfg.schedule.iterations_before(p.scale_index) + p.iteration
+        total = cfg.schedule.total_iterations
         # Overall position, counting earlier batches of a sweep as finished.
         batch_size = p.state.image.shape[0]
         done = (problems[0] // batch_size) * total + step if problems else step

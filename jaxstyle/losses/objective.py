@@ -49,18 +49,19 @@ class LossSpec:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "LossSpec":
-        content = cfg.content_layer_weights or (1.0,) * len(cfg.content_layers)
-        style = cfg.style_layer_weights or (1.0,) * len(cfg.style_layers)
+        loss = cfg.loss
+        content = loss.content_layer_weights or (1.0,) * len(loss.content_layers)
+        style = loss.style_layer_weights or (1.0,) * len(loss.style_layers)
         # Host (NumPy) float32 arrays: built eagerly with jax.numpy, each of these products and
         # conversions was a program of its own, compiled (or loaded from the cache) in every
         # process. They become device arrays as arguments of the jitted functions that use them.
         return cls(
-            content_layers=tuple(cfg.content_layers), style_layers=tuple(cfg.style_layers),
-            normalization=cfg.normalization,
-            content_weights=np.float32(cfg.content_weight) * np.asarray(content, np.float32),
-            style_weights=np.float32(cfg.style_weight) * np.asarray(style, np.float32),
-            tv_weight=np.asarray(cfg.tv_weight, np.float32),
-            style_loss=cfg.style_loss,
+            content_layers=tuple(loss.content_layers), style_layers=tuple(loss.style_layers),
+            normalization=loss.normalization,
+            content_weights=np.float32(loss.content_weight) * np.asarray(content, np.float32),
+            style_weights=np.float32(loss.style_weight) * np.asarray(style, np.float32),
+            tv_weight=np.asarray(loss.tv_weight, np.float32),
+            style_loss=loss.style_loss,
         )
 
     @property
