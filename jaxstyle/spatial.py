@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxstyle import losses, optimize, starts
+from jaxstyle import losses, optimize, run_targets, starts
 from jaxstyle.config import Config
 from jaxstyle.imageops import fit_long_side, resize
 from jaxstyle.models import vgg19
@@ -126,7 +126,7 @@ def stylize(vgg: vgg19.VGG, content: Array, styles: Sequence[Array], cfg: Config
         targets = losses.targets(vgg, scaled, [s[None] for s in scaled_styles],
                                  np.asarray(cfg.loss.blend_weights(len(styles)), np.float32), spec,
                                  jnp.dtype(cfg.network.compute_dtype))
-        run_spec = stylize_lib.problem_spec([cfg], targets, scaled)
+        run_spec = run_targets.problem_spec([cfg], targets, scaled)
         targets = optimize.problem_targets(targets, 1)
         image = (starts.initial_images(cfg, scaled, scaled_styles) if state is None
                  else resize(state.image, h, w))

@@ -1,18 +1,17 @@
-"""From arrays to stylized arrays: sizes, targets, initial image, coarse-to-fine scales.
+"""From arrays to stylized arrays: sizes, initial image, coarse-to-fine scales.
 
 This is the Python API for research code: images in, images out, no files. The CLI and the batch
 runner are built on `stylize_batch`; `stylize` is the one-image convenience.
 
 Per scale (``cfg.schedule.all_scales``, e.g. 256 → 512 → 1024): the content images are resized so
 their long side is the scale, the style images to ``style_scale`` × the scale, targets are computed
-once, and at most ``cfg.schedule.scale_iterations[i]`` compiled optimizer steps run from the
-previous scale's result (upsampled) or from the initial image.
+once (`run_targets`), and at most ``cfg.schedule.scale_iterations[i]`` compiled optimizer steps
+run from the previous scale's result (upsampled) or from the initial image.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import warnings
 from typing import Callable, Sequence
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstyle import guidance as guidance_lib
-from jaxstyle import buckets, losses, optimize, starts, tracking
+from jaxstyle import buckets, losses, optimize, run_targets, starts, tracking
 from jaxstyle.config import Config, check_sweep
 from jaxstyle.errors import ConfigError, JaxstyleWarning
 from jaxstyle.imageops import fit_long_side, match_colors, original_colors, resize
@@ -102,72 +101,6 @@ def tracked(cfg: Config) -> bool:
             or output.keep_best)
 
 
-def _content_targets(vgg, contents, spec, dtype, sequential, valid=None) -> dict:
-    # Each content image's features as the same per-image program (see `optimize.over_problems`).
-    if valid is None:
-        one = lambda image: losses.content_targets(vgg, image[None], spec, jnp.dtype(dtype))  # noqa: E731
-        return {k: v[:, 0] for k, v in optimize.over_problems(one, sequential)(contents).items()}
-    own = lambda image, masks: losses.content_targets(  # noqa: E731
-        vgg, image[None], spec, jnp.dtype(dtype), {k: m[None] for k, m in masks.items()})
-    return {k: v[:, 0] for k, v in optimize.over_problems(own, sequential)(contents, valid).items()}
-
-
-@functools.partial(jax.jit, static_argnames=("dtype", "sequential"))
-def _targets(vgg, contents, styles, blend, spec, dtype, sequential, valid=None):
-    """styles: float32[Hs, Ws, 3] each (their batch axis is added here: eagerly, `[None]` was a
-    program of its own per style shape)."""
-    return losses.Targets(
-        content=_content_targets(vgg, contents, spec, dtype, sequential, valid),
-        style=losses.style_targets(vgg, [s[None] for s in styles], blend, spec,
-                                   jnp.dtype(dtype)))
-
-
-# A bucketed run's targets, in two programs: a transposed portrait's content goes through the
-# transposed network (`buckets.transposed_network`), its styles through the network as it is
-# (their Grams do not depend on the photo's orientation). One program taking both networks
-# instead broke batch = alone in bfloat16 (Adam, 3 steps: 6e-4 apart).
-_bucket_content_targets = jax.jit(_content_targets, static_argnames=("dtype", "sequential"))
-
-
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _style_targets(vgg, styles, blend, spec, dtype):
-    return losses.style_targets(vgg, [s[None] for s in styles], blend, spec, jnp.dtype(dtype))
-
-
-@functools.partial(jax.jit, static_argnames=("dtype", "sequential"))
-def _guided_targets(vgg, contents, styles, style_guidance, region_styles, content_guidance, spec,
-                    dtype, sequential):
-    return losses.Targets(
-        content=_content_targets(vgg, contents, spec, dtype, sequential),
-        style=losses.guided_style_targets(vgg, [s[None] for s in styles], style_guidance,
-                                          region_styles, spec,
-                                          jnp.dtype(dtype)),
-        guidance=dict(content_guidance))
-
-
-@functools.partial(jax.jit, static_argnames=("relative", "sequential"))
-def _scale_spec(spec: losses.LossSpec, targets: losses.Targets, contents: Array, relative: bool,
-                sequential: bool) -> tuple[losses.LossSpec, losses.Targets]:
-    """(the run's per-problem spec, `optimize.problem_targets`) in one program. Relative weights
-    are computed problem by problem (`optimize.over_problems`), each from its own content and
-    target only: the same computation whatever the batch."""
-    num_problems = contents.shape[0]
-    if relative:
-        per_problem = optimize.problem_targets(targets, num_problems)
-
-        def one(row, content_t, style_t, valid, image):
-            own = losses.Targets(content=content_t, style=style_t, valid=valid)  # each [1, ...]
-            scaled = losses.relative_spec(row, own, image[None])
-            return dataclasses.replace(scaled, content_weights=scaled.content_weights[0],
-                                       style_weights=scaled.style_weights[0],
-                                       tv_weight=scaled.tv_weight[0])
-
-        spec = optimize.over_problems(one, sequential)(spec, per_problem.content,
-                                                       per_problem.style, per_problem.valid,
-                                                       contents)
-    return spec, optimize.problem_targets(targets, num_problems)
-
-
 def style_size(height: int, width: int, long_side: int, min_side: int) -> tuple[int, int]:
     """A style image's size: long side ``long_side``, enlarged if needed so that the short side is
     at least ``min_side`` (a panorama must still reach the deepest style layer)."""
@@ -180,21 +113,6 @@ def style_size(height: int, width: int, long_side: int, min_side: int) -> tuple[
 def scale_sizes(cfg: Config, height: int, width: int) -> list[tuple[int, int]]:
     """The (h, w) of every scale for a ``height`` x ``width`` content image."""
     return [fit_long_side(height, width, s) for s in cfg.schedule.all_scales]
-
-
-def problem_spec(cfgs: Sequence[Config], targets: losses.Targets, contents: Array
-                 ) -> losses.LossSpec:
-    """The loss spec of P problems, always per problem (`losses.LossSpec.stack`: weights
-    float32[P, L], tv float32[P]): each problem's weights come from its own config and, for
-    relative weights, from its own content image and style target only, so a problem's loss never
-    depends on the other problems of its batch. One program serves single runs, batches and sweeps.
-
-    targets: as from `losses.targets` for ``contents`` float32[P, h, w, 3] (style [1, ...] or one
-    row per problem)."""
-    spec = losses.LossSpec.stack([losses.LossSpec.from_config(c) for c in cfgs])
-    # Relative: not sweepable, the same for every problem.
-    return _scale_spec(spec, targets, contents, cfgs[0].loss.loss_scale == "relative",
-                       optimize.sequential_problems(contents, cfgs[0].optimizer.exact_batch))[0]
 
 
 def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
@@ -316,12 +234,12 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
             blend = np.asarray(blend, np.float32)
             if bucketed:
                 return losses.Targets(
-                    content=_bucket_content_targets(net, scaled, spec, dtype, sequential, valid),
-                    style=_style_targets(vgg, scaled_styles, blend, spec, dtype))
+                    content=run_targets.bucket_content(net, scaled, spec, dtype, sequential, valid),
+                    style=run_targets.style(vgg, scaled_styles, blend, spec, dtype))
             if guidance is None:
-                return _targets(vgg, scaled, scaled_styles, blend, spec, dtype,
+                return run_targets.plain(vgg, scaled, scaled_styles, blend, spec, dtype,
                                 sequential, valid)
-            return _guided_targets(
+            return run_targets.guided(
                 vgg, scaled, scaled_styles,
                 [None if m is None else guidance_lib.layer_masks(m, *st.shape[:2],
                                                                  spec.style_layers)
@@ -340,7 +258,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
                 for k in spec.style_layers})
         if valid is not None:
             targets = dataclasses.replace(targets, valid=valid)
-        run_spec, problem_targets = _scale_spec(
+        run_spec, problem_targets = run_targets.scaled_spec(
             losses.LossSpec.stack([losses.LossSpec.from_config(c) for c in cfgs]), targets,
             scaled, cfg.loss.loss_scale == "relative", sequential)
         if temporal is not None:

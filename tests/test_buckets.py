@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstyle import batch, buckets, losses, optimize, stylize, vgg19
+from jaxstyle import batch, buckets, losses, optimize, run_targets, stylize, vgg19
 from jaxstyle.config import Config
 from jaxstyle.imageops import resize
 
@@ -129,8 +129,8 @@ def test_portraits_and_landscapes_share_the_step_program(vgg):
                            content_layers=("relu2_1",))
     alone = [stylize.stylize_batch(vgg, c[None], [style], cfg, bucket=True).images[0]
              for c in (wide, tall)]
-    programs = (optimize.run_steps, stylize._bucket_content_targets, stylize._style_targets,
-                stylize._scale_spec, optimize._fresh_state)
+    programs = (optimize.run_steps, run_targets.bucket_content, run_targets.style,
+                run_targets.scaled_spec, optimize._fresh_state)
     before = [f._cache_size() for f in programs]
     again = stylize.stylize_batch(vgg, _image(13, 96, 72)[None], [style], cfg, bucket=True)
     assert [f._cache_size() for f in programs] == before
