@@ -62,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("video")
     g.add_argument("--temporal-weight", type=non_negative_float, metavar="W",
                    help="weight of the temporal term Σc(x−ω)²/(H·W·3) on [0,1] pixels (default "
-                        "1e4 with the relative loss weights; Ruder et al.'s 1e3·255² with "
+                        "30 with the relative loss weights; Ruder et al.'s 1e3·255² with "
                         "neural-style's absolute ones)")
     g.add_argument("--flow-preset", choices=("ultrafast", "fast", "medium"), default="medium",
                    help="OpenCV DIS optical flow preset (default medium)")
