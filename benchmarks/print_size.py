@@ -69,7 +69,7 @@ def _analysis(vgg, content, style, cfg) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxstyle import losses, optimize
+    from jaxstyle import losses, optimize, problems
 
     spec = losses.LossSpec.from_config(cfg)
     net = optimize.prepared(vgg, spec)
@@ -81,7 +81,7 @@ def _analysis(vgg, content, style, cfg) -> dict:
     state = optimize.init_state(x, method)
     analysis = optimize.run_steps.lower(
         state, 1, net, targets, losses.LossSpec.stack([spec]), method, cfg.network.compute_dtype,
-        np.ones(1, np.float32), optimize.sequential_problems(x)).compile().memory_analysis()
+        np.ones(1, np.float32), problems.sequential_problems(x)).compile().memory_analysis()
     size = content.shape[1] * content.shape[2]
     return {"temp_bytes": analysis.temp_size_in_bytes,
             "argument_bytes": analysis.argument_size_in_bytes,

@@ -45,7 +45,7 @@ def _resize(images: Array, height: int, width: int) -> Array:
     # compile each of its ~20 primitives as a program of its own, in every process (~2 s).
     if images.ndim > 3:
         # One image at a time: a batched resize folds the images into the rows of its matrix
-        # products, whose rounding then depends on the batch size (see `optimize.over_problems`).
+        # products, whose rounding then depends on the batch size (see `problems.over_problems`).
         flat = images.reshape((-1,) + images.shape[-3:])
         return lax.map(lambda image: _resize(image, height, width), flat).reshape(
             images.shape[:-3] + (height, width, images.shape[-1]))

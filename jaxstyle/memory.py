@@ -25,7 +25,7 @@ GIB = 2**30
 # XLA temporaries per input pixel of one step (memory_analysis().temp_size_in_bytes / (h·w)),
 # measured on the CPU backend (issue 27, docs/performance.md). With the ReLUs and poolings that
 # keep only masks for the backward (`kernels.relu_max_pool` etc.) and the history updated in
-# place (`optimize.over_problems`): Adam 1608, L-BFGS (the fast preset's 5-level pyramid) 1672 at
+# place (`problems.over_problems`): Adam 1608, L-BFGS (the fast preset's 5-level pyramid) 1672 at
 # 128 px, whatever the history's length (10, 50 or 100 pairs; before, ~31 B per pixel per pair
 # grew with it: a second copy of most of the history).
 TEMP_BYTES_PER_PIXEL = {"lbfgs": 1700, "adam": 1700}

@@ -2,7 +2,7 @@
 style images' Grams (plain or guided, blended), and the per-problem loss spec (relative weights
 from each problem's own targets). `stylize.stylize_batch` calls them once per scale.
 
-Content targets are computed problem by problem (`optimize.over_problems`), so that a problem's
+Content targets are computed problem by problem (`problems.over_problems`), so that a problem's
 targets, and so its run, are the same whatever batch it is in.
 """
 
@@ -15,7 +15,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxstyle import losses, optimize
+from jaxstyle import losses, optimize, problems
 from jaxstyle.config import Config
 from jaxstyle.models import vgg19
 
@@ -25,14 +25,14 @@ Array = jax.Array
 def _content(vgg: vgg19.VGG, contents: Array, spec: losses.LossSpec, dtype: str,
              sequential: bool, valid: dict | None = None) -> dict:
     """{layer: float32[P, h, w, C]}: each of ``contents`` float32[P, H, W, 3]'s features, image by
-    image as the same per-image program (`optimize.over_problems`); ``valid``: a bucket's masks
+    image as the same per-image program (`problems.over_problems`); ``valid``: a bucket's masks
     of the photo, {level: float32[P, ...]} (`jaxstyle.buckets`)."""
     if valid is None:
         one = lambda image: losses.content_targets(vgg, image[None], spec, jnp.dtype(dtype))  # noqa: E731
-        return {k: v[:, 0] for k, v in optimize.over_problems(one, sequential)(contents).items()}
+        return {k: v[:, 0] for k, v in problems.over_problems(one, sequential)(contents).items()}
     own = lambda image, masks: losses.content_targets(  # noqa: E731
         vgg, image[None], spec, jnp.dtype(dtype), {k: m[None] for k, m in masks.items()})
-    return {k: v[:, 0] for k, v in optimize.over_problems(own, sequential)(contents, valid).items()}
+    return {k: v[:, 0] for k, v in problems.over_problems(own, sequential)(contents, valid).items()}
 
 
 @functools.partial(jax.jit, static_argnames=("dtype", "sequential"))
@@ -80,7 +80,7 @@ def guided(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array], style_guida
 def scaled_spec(spec: losses.LossSpec, targets: losses.Targets, contents: Array, relative: bool,
                 sequential: bool) -> tuple[losses.LossSpec, losses.Targets]:
     """(the run's per-problem spec, `optimize.problem_targets`) in one program. Relative weights
-    are computed problem by problem (`optimize.over_problems`), each from its own content and
+    are computed problem by problem (`problems.over_problems`), each from its own content and
     target only: the same computation whatever the batch."""
     num_problems = contents.shape[0]
     if relative:
@@ -93,7 +93,7 @@ def scaled_spec(spec: losses.LossSpec, targets: losses.Targets, contents: Array,
                                        style_weights=scaled.style_weights[0],
                                        tv_weight=scaled.tv_weight[0])
 
-        spec = optimize.over_problems(one, sequential)(spec, per_problem.content,
+        spec = problems.over_problems(one, sequential)(spec, per_problem.content,
                                                        per_problem.style, per_problem.valid,
                                                        contents)
     return spec, optimize.problem_targets(targets, num_problems)
@@ -111,4 +111,4 @@ def problem_spec(cfgs: Sequence[Config], targets: losses.Targets, contents: Arra
     spec = losses.LossSpec.stack([losses.LossSpec.from_config(c) for c in cfgs])
     # Relative: not sweepable, the same for every problem.
     return scaled_spec(spec, targets, contents, cfgs[0].loss.loss_scale == "relative",
-                       optimize.sequential_problems(contents, cfgs[0].optimizer.exact_batch))[0]
+                       problems.sequential_problems(contents, cfgs[0].optimizer.exact_batch))[0]

@@ -8,7 +8,7 @@ device's rows, exchanging the one-row borders a 3x3 convolution needs with its n
 sums the Grams' per-device partial products (an all-reduce of C x C floats per layer). So each
 device holds about 1/n of the activations: an image larger than one device's memory runs on n.
 
-The problems are vmapped (`optimize.over_problems` with ``sequential=False``): the sequential loop
+The problems are vmapped (`problems.over_problems` with ``sequential=False``): the sequential loop
 that a CPU otherwise uses would slice the problem axis, which is fine, but vmapping keeps the
 program the same on every backend.
 

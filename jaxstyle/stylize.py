@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstyle import guidance as guidance_lib
-from jaxstyle import buckets, losses, optimize, run_targets, starts, tracking
+from jaxstyle import buckets, losses, optimize, problems, run_targets, starts, tracking
 from jaxstyle.config import Config, check_sweep
 from jaxstyle.errors import ConfigError, JaxstyleWarning
 from jaxstyle.imageops import fit_long_side, match_colors, original_colors, resize
@@ -149,8 +149,8 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
       bucket: run each scale on its shape bucket (`jaxstyle.buckets`): the image padded to a
         compiled shape that photos of other aspect ratios share, the padding excluded from the
         loss and cropped from the result. Not with guidance or a film's frame.
-      sequential: problems one after another or vmapped (`optimize.over_problems`); None: the
-        backend's choice (`optimize.sequential_problems`).
+      sequential: problems one after another or vmapped (`problems.over_problems`); None: the
+        backend's choice (`problems.sequential_problems`).
 
     Returns:
       `Result` at the last scale's size.
@@ -173,7 +173,7 @@ def stylize_batch(vgg: vgg19.VGG, contents: Array, styles: Sequence[Array],
     step_scale = np.asarray([c.optimizer.step_size for c in cfgs], np.float32)
     sizes = scale_sizes(cfg, height, width)
     if sequential is None:
-        sequential = optimize.sequential_problems(contents, cfg.optimizer.exact_batch)
+        sequential = problems.sequential_problems(contents, cfg.optimizer.exact_batch)
     if cfg.loss.color_match:
         if num_problems != 1:
             raise ConfigError("colour matching recolours the styles to one content image; run "

@@ -90,7 +90,7 @@ def stylize_frames(vgg: vgg19.VGG, contents: np.ndarray, styles: Sequence[np.nda
       mesh: a device mesh (`segment_mesh`) to split the P problems over (P a multiple of its
         size); None: one device.
       vmap: the problems of a device vmapped (they share each matrix product) instead of the
-        CPU's one after another (`optimize.over_problems`): faster for small frames on a CPU.
+        CPU's one after another (`problems.over_problems`): faster for small frames on a CPU.
       kwargs: passed to `stylize.stylize_batch` (guidance, init_image, to_host).
 
     Returns:

@@ -64,7 +64,7 @@ def test_batched_run_equals_each_image_alone(vgg):
     # Two shapes (two buckets); the first bucket (3 images, cap 2) splits into a full batch and a
     # padded one; noise init. Every image must come out as it does alone, whatever its position.
     # On one CPU device the problems of a batch run one after another, each the same per-problem
-    # program as alone (`optimize.over_problems`): observed equal to the last bit; 2e-4 leaves
+    # program as alone (`problems.over_problems`): observed equal to the last bit; 2e-4 leaves
     # room for a backend that rounds a batch differently (a one-ulp change of the inputs moves
     # these 4 steps' images by ~5e-6: see the sharded test).
     cfg = Config().replace(image_size=32, num_iterations=4, init="noise", seed=3, optimizer="adam")

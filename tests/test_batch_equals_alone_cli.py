@@ -3,7 +3,7 @@ image stylized alone, and each cell of a --sweep equals its settings run alone, 
 flags (relative loss weights), with given weights, and with masks (issue 28).
 
 Bound: 2/255 on the 8-bit files. On a CPU the problems of a batch run the same per-problem
-program as a lone run (`optimize.over_problems`), observed equal to the last bit, so the 8-bit
+program as a lone run (`problems.over_problems`), observed equal to the last bit, so the 8-bit
 files agree exactly. On an accelerator the default vmaps them, which rounds differently and moved
 these files by 8 to 25 levels on an H200; there `--exact-batch` runs them as a CPU does (observed
 equal to the bit), and this test adds it."""

@@ -3,7 +3,7 @@ Adam and L-BFGS × Gram and W2 style terms × plain and guided (masked) styles �
 bfloat16 features.
 
 Bound: with `Config.exact_batch` (the default's behaviour on a CPU) `stylize.stylize_batch` runs
-each problem with the same per-problem program as a lone run (`optimize.over_problems`), so the
+each problem with the same per-problem program as a lone run (`problems.over_problems`), so the
 results are observed equal to the last bit, on a CPU and on an H200 alike; 1e-6 leaves room for
 float rounding without allowing the amplified differences of a batch that shares its matrix
 products (1e-5 to 1e-3 after a few steps here: see

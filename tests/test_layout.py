@@ -26,7 +26,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "jaxstyle"
 # The numerical core: arrays in, arrays out; no files, terminals or argument parsing.
 CORE = ("jaxstyle.errors", "jaxstyle.config", "jaxstyle.kernels", "jaxstyle.models",
         "jaxstyle.models.vgg19", "jaxstyle.imageops", "jaxstyle.losses", "jaxstyle.pyramid",
-        "jaxstyle.optimize", "jaxstyle.tracking", "jaxstyle.starts", "jaxstyle.run_targets",
+        "jaxstyle.optimize", "jaxstyle.tracking", "jaxstyle.starts", "jaxstyle.run_targets", "jaxstyle.problems",
         "jaxstyle.stylize", "jaxstyle.batch", "jaxstyle.sweep", "jaxstyle.memory",
         "jaxstyle.guidance", "jaxstyle.models.transformer", "jaxstyle.train",
         "jaxstyle.warp", "jaxstyle.buckets", "jaxstyle.lbfgs", "jaxstyle.video",

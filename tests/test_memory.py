@@ -156,7 +156,7 @@ def test_max_pooling_gradient_equals_jax_own_including_ties():
 
 
 def test_an_lbfgs_steps_temporaries_do_not_grow_with_its_history():
-    """One problem's L-BFGS step updates its history in place (`optimize.over_problems`): XLA's
+    """One problem's L-BFGS step updates its history in place (`problems.over_problems`): XLA's
     temporaries are the same for 2 and 20 pairs. Before, the sequential loop wrote the new state
     into a second buffer, ~31 bytes per pixel per pair (1.3 copies of the history), which this
     catches: 18 more pairs at 32x32 would add ~570 KB."""

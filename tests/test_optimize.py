@@ -354,7 +354,7 @@ def test_run_calls_on_chunk_at_the_boundaries(problem):
 
 @pytest.mark.parametrize("sequential", [True, False], ids=["sequential", "vmapped"])
 def test_batch_of_problems_equals_each_alone(problem, sequential):
-    """Sequential (a CPU's way, `optimize.over_problems`): each problem runs the same per-problem
+    """Sequential (a CPU's way, `problems.over_problems`): each problem runs the same per-problem
     program whatever the batch size, so a batch equals each problem alone after many steps, to
     float rounding (1e-6: an observed difference of 0, no amplification to allow for).
 
