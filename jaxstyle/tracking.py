@@ -42,13 +42,18 @@ class Rules:
                    cfg.schedule.stop_change > 0)
 
 
+# The loss rule stops only where the loss just evaluated is within this many tolerances of the best.
+NEAR_BEST = 10.0
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Tracking:
     """Per-problem tracking state (leading problem axis P, like `optimize.RunState`).
 
     tolerance: float32[P]; a problem stops when its best loss improved by less than this fraction
-      over the last ``window`` steps (0: never stops).
+      over the last ``window`` steps and the loss just evaluated is within `NEAR_BEST` times this
+      fraction of the best (0: never stops).
     change_limit: float32[P]; the picture rule: a problem stops when its 8-bit image changed by
       less than this many levels on average (`picture_change`) over the last ``window`` steps,
       checked every ``window`` steps (0: never stops). Either rule stops a problem.
@@ -132,7 +137,14 @@ def advance(track: Tracking, image: Array, new_image: Array, new_loss: Array, ap
     history = track.history.at[slot].set(jnp.where(applied, best_loss, window_ago))
     count = track.count + applied.astype(jnp.int32)
     gain = (window_ago - best_loss) / jnp.maximum(jnp.abs(window_ago), 1e-30)
-    converged = applied & (count > window) & (gain < track.tolerance)
+    # ...and only where the iterate is not far above the best (within NEAR_BEST tolerances): the
+    # result is the iterate, and after a scale change L-BFGS can climb far above the upsampled
+    # start for a whole window (W2 at 256 px: 1000x; stopped there by the best alone, the image
+    # was noise). Ten, not one, leaves room for Adam's step-to-step noise; a Gram run at 256 px
+    # (the reference's weights and TV) stops at the same step with either and with the old rule.
+    near_best = new_loss - best_loss <= NEAR_BEST * track.tolerance * jnp.maximum(
+        jnp.abs(best_loss), 1e-30)
+    converged = applied & (count > window) & (gain < track.tolerance) & near_best
     change, snapshot = track.change, track.snapshot
     if snapshot is not None:  # the picture rule: every `window` steps, the 8-bit image's change
         due = applied & (count % window == 0)

@@ -54,13 +54,14 @@ def trajectory(problem, method, steps):
     return np.asarray(losses_), np.stack(images)
 
 
-def numpy_stop_step(losses_, window, tol):
+def numpy_stop_step(losses_, window, tol, near=tracking.NEAR_BEST):
     """The first step count k (1-based) at which the lowest loss of the first k evaluations improved
-    on that of the first k − window by less than ``tol`` (relative), or None."""
+    on that of the first k − window by less than ``tol`` (relative) while the k-th loss is within
+    ``near`` · ``tol`` of that lowest, or None."""
     best = np.minimum.accumulate(losses_)
     for k in range(window + 1, len(losses_) + 1):
         old, new = best[k - window - 1], best[k - 1]
-        if (old - new) / abs(old) < tol:
+        if (old - new) / abs(old) < tol and losses_[k - 1] - new <= near * tol * abs(new):
             return k
     return None
 
@@ -99,6 +100,27 @@ def test_converged_problem_freezes_while_the_other_goes_on_and_the_cap_holds(pro
     # Frozen: after stopping, problem 0's step count never moved again.
     after = [int(s[0]) for n, s in seen if n >= expected]
     assert after and set(after) == {expected}
+
+
+def test_the_loss_rule_waits_while_the_iterate_is_far_above_the_best():
+    """After a scale change L-BFGS can climb far above its start for a whole window (W2 at 256 px
+    did, and the run stopped on a noise image): the best loss has not improved, but the iterate,
+    which is the result, is not the best. The rule waits until the loss is back within the
+    tolerance's `tracking.NEAR_BEST` multiple of the best, as the NumPy rule says."""
+    window, tol = 4, 0.01
+    losses_ = np.asarray([10.0, 500.0, 400.0, 300.0, 200.0, 50.0, 12.0, 10.05, 10.04, 10.03])
+    expected = numpy_stop_step(losses_, window, tol)
+    assert expected == 8  # not 5, where the best (10) stopped improving but the loss was 200;
+    # 12 (step 7) is still 20 % above the best, over 10 x 1 %
+    rules = tracking.Rules(window=window)
+    image = jnp.zeros((2, 2, 3))
+    track = tracking.fresh(image[None], rules, tol, 0.0)
+    track = jax.tree.map(lambda x: x[0], track)
+    stops = []
+    for loss in losses_:
+        track = tracking.advance(track, image, image, jnp.float32(loss), jnp.bool_(True))
+        stops.append(bool(track.stopped))
+    assert stops.index(True) + 1 == expected
 
 
 def test_the_loop_ends_by_itself_when_every_problem_has_stopped(problem, lbfgs_trajectory):
