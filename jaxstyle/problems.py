@@ -35,9 +35,8 @@ def over_problems(fn: Callable, sequential: bool) -> Callable:
         take = lambda i, tree: jax.tree.map(  # noqa: E731
             lambda x: lax.dynamic_index_in_dim(x, i, keepdims=False), tree)
         shapes = jax.eval_shape(lambda: fn(take(0, first), *take(0, rest)))
-        # A result shaped like the first argument (a step's new state) is written over it, problem
-        # by problem, in the loop's carry: no second copy of the state (an L-BFGS history is most
-        # of a run's memory). Problem i is read from the carry before it is overwritten.
+        # A result shaped like the first argument (a step's new state) is written over it
+        # (below): no second copy of the state, whose L-BFGS history is most of a run's memory.
         in_place = jax.tree.structure(shapes) == jax.tree.structure(first) and all(
             (x.shape[1:], x.dtype) == (y.shape, y.dtype)
             for x, y in zip(jax.tree.leaves(first), jax.tree.leaves(shapes)))
@@ -45,8 +44,8 @@ def over_problems(fn: Callable, sequential: bool) -> Callable:
             out = jax.tree.map(lambda y: jnp.zeros((count,) + y.shape, y.dtype), shapes)
             body = lambda i, out: _put(out, i, fn(take(i, first), *take(i, rest)))  # noqa: E731
         else:
-            # Each problem's state is the carry of its own loop (of hidden trip count 1), which
-            # XLA updates in place: the L-BFGS history's ring buffer gets one new pair instead
+            # Each problem's state is the carry of its own loop (of hidden trip count 1), read
+            # from the batch's carry before it is overwritten, which XLA updates in place: the L-BFGS history's ring buffer gets one new pair instead
             # of being copied whole (docs/performance.md, issue 27: 3180 -> 1672 bytes of
             # temporaries per pixel at 128 px, 50 pairs). The same loop runs in a batch and alone,
             # so its body compiles alike and a batch still equals its problems alone to the bit.
