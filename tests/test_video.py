@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from fractions import Fraction
 from pathlib import Path
 
@@ -190,34 +192,61 @@ def test_video_keeps_frames_size_rate_and_audio_and_flickers_less(capsys, film, 
     assert alone > 3 * stable, (alone, stable)
 
 
+# One segment (frame by frame), and two segments side by side (frames 0-3 and 2-5): Ctrl-C after
+# the third step keeps 3 frames, or 3 of each segment.
+@pytest.mark.parametrize("segments,kept", [((), 3), (("--segments", 2, "--overlap", 2), 6)],
+                         ids=["one", "segments"])
 def test_ctrl_c_then_resume_gives_the_uninterrupted_film(capsys, film, keras_safetensors,
-                                                        tmp_path, monkeypatch):
-    from jaxstyle.cli import video as video_cli
+                                                        tmp_path, monkeypatch, segments, kept):
+    from jaxstyle import video
 
     whole = tmp_path / "whole"
-    assert run(capsys, *video_args(film, keras_safetensors, whole))[0] == 0
+    assert run(capsys, *video_args(film, keras_safetensors, whole, *segments))[0] == 0
 
-    def interrupt(index):
-        if index == 2:
-            raise KeyboardInterrupt
+    # A real Ctrl-C (SIGINT to this process) just after step 2 is stylized: the run stores its
+    # frames and stops before step 3.
+    real, calls = video.stylize_frames, []
+
+    def stylize_then_ctrl_c(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
 
     out = tmp_path / "resumed"
-    monkeypatch.setattr(video_cli, "_frame_done", interrupt)
-    code, _, err = run(capsys, *video_args(film, keras_safetensors, out))
-    assert code == 130 and "kept 3 finished frame(s)" in err
-    assert len(list(Path(str(out) + ".frames").glob("frame_*.png"))) == 3
+    monkeypatch.setattr(video, "stylize_frames", stylize_then_ctrl_c)
+    code, _, err = run(capsys, *video_args(film, keras_safetensors, out, *segments))
+    assert code == 130 and f"kept {kept} finished frame(s)" in err, err
+    assert len(calls) == 3
+    assert len(list(Path(str(out) + ".frames").rglob("frame_*.png"))) == kept
     # Without --resume the kept frames are not thrown away.
-    code, _, err = run(capsys, *video_args(film, keras_safetensors, out))
+    code, _, err = run(capsys, *video_args(film, keras_safetensors, out, *segments))
     assert code == 1 and "--resume" in err and len(err.strip().splitlines()) == 1
     monkeypatch.undo()
-    code, _, err = run(capsys, *video_args(film, keras_safetensors, out, "--resume"))
+    code, _, err = run(capsys, *video_args(film, keras_safetensors, out, *segments, "--resume"))
     assert code == 0, err
+    assert not Path(str(out) + ".frames").exists()
     # Each frame starts from the stored 8-bit previous frame in both runs, so the same
     # computations run on the same inputs: equal to the last 8-bit level (one level of slack for
     # a float32 sum rounded on the other side of .5).
     a, b = read_folder(whole), read_folder(out)
     assert a.shape == b.shape == (6, FH, FW, 3)
     assert np.max(np.abs(a - b)) <= 1 / 255 + 1e-6
+
+
+def test_a_run_that_failed_before_its_first_frame_leaves_nothing_in_the_way(
+        capsys, film, keras_safetensors, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run(capsys, *video_args(film, tmp_path / "missing.safetensors", out))
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    # The frames folder it began (checked before the network loads) holds no frame: the next run
+    # starts without --resume.
+    assert Path(str(out) + ".frames").is_dir()
+    code, _, err = run(capsys, *video_args(film, keras_safetensors, out))
+    assert code == 0, err
+    assert read_folder(out).shape == (6, FH, FW, 3)
+
 
 
 def test_bad_inputs_are_one_line(capsys, film, keras_safetensors, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ and every user error becomes one line ``jaxstyle: error: ...`` with a non-zero e
   convert, weights   `jaxstyle.cli.convert`: weight files
   stylize            `jaxstyle.cli.stylize`: one content image or several
   train, apply       `jaxstyle.cli.train`, `jaxstyle.cli.apply`: feed-forward style networks
-  video              `jaxstyle.cli.video`: a film
+  video              `jaxstyle.cli.video` (flags), `jaxstyle.cli.film` (its pipeline): a film
   warmup             `jaxstyle.cli.warmup`: compile ahead of time into the cache
 
 The benchmarks against the PyTorch reference are not a command: they live in the repository's
