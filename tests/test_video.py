@@ -374,7 +374,12 @@ def faststart(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_a_film_cut_short_keeps_its_good_frames_and_says_so(capsys, keras_safetensors, tmp_path):
+# Two segments of the 12 frames: 0-6 and 5-11. Where the later segment's stream breaks, the
+# earlier one still stylizes its frames: every good frame is in the output either way.
+@pytest.mark.parametrize("segments", [(), ("--segments", 2, "--overlap", 2)],
+                         ids=["one", "segments"])
+def test_a_film_cut_short_keeps_its_good_frames_and_says_so(capsys, keras_safetensors, tmp_path,
+                                                            segments):
     whole = faststart(make_film(tmp_path / "a.mp4", pan_frames(12), audio=False),
                       tmp_path / "whole.mp4")
     data = whole.read_bytes()
@@ -404,7 +409,7 @@ def test_a_film_cut_short_keeps_its_good_frames_and_says_so(capsys, keras_safete
         for _ in video_io.read_frames(cut):
             pass
     out = tmp_path / "out.mp4"
-    code, _, err = run(capsys, *video_args(cut, keras_safetensors, out))
+    code, _, err = run(capsys, *video_args(cut, keras_safetensors, out, *segments))
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert f"breaks after frame {decodable}" in err and f"the {decodable} good frames" in err
     assert streams(out)["frames"] == decodable

@@ -178,12 +178,19 @@ class FrameFiles:
     def load(self, k: int, index: int) -> np.ndarray:
         return image_io.load_image(self.path(k, index), role="frame")
 
+    def sources(self, index: int, fades: dict | None = None) -> list[tuple[int, float]]:
+        """The stored segment frames output frame ``index`` is made of, with their weights
+        (`video.frame_sources`). Where a film broke, an overlap frame one segment never reached is
+        its neighbour's alone; none stored: []."""
+        sources = [(k, w) for k, w in video.frame_sources(index, self.job.segments, fades)
+                   if self.path(k, index).exists()]
+        total = sum(w for _, w in sources)
+        return [(k, w / total) for k, w in sources] if len(sources) == 1 else sources
+
     def ready(self) -> int:
-        """How many output frames, from the first, have every segment frame they are made of."""
-        segments, last = self.job.segments, self.job.num_frames or UNTIL_THE_END
-        n = 0
-        while n < last and all(self.path(k, n).exists()
-                               for k, _ in video.frame_sources(n, segments)):
+        """How many output frames, from the first, can be made of stored segment frames."""
+        last, n = self.job.num_frames or UNTIL_THE_END, 0
+        while n < last and self.sources(n):
             n += 1
         return n
 
@@ -191,12 +198,13 @@ class FrameFiles:
         """The output film of frames 0 … count-1, cross-faded where segments overlap with fades
         paced by how much they differ there (`video.segment_fades`)."""
         job = self.job
-        fades = video.segment_fades(job.segments, self.load, upto=count)
+        whole = next((t for t in range(count)  # a broken film: paced fades only before the break
+                      if len(self.sources(t)) < len(video.frame_sources(t, job.segments))), count)
+        fades = video.segment_fades(job.segments, self.load, upto=whole)
         with video_io.FilmWriter(job.output, job.height, job.width, job.frame_rate,
                                  audio_from=None if job.source.is_dir() else job.source) as writer:
             for index in range(count):
-                writer.write(sum(w * self.load(k, index)
-                                 for k, w in video.frame_sources(index, job.segments, fades)))
+                writer.write(sum(w * self.load(k, index) for k, w in self.sources(index, fades)))
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -245,13 +253,19 @@ def run_film(vgg: vgg19.VGG, job: FilmJob, inputs: Inputs, files: FrameFiles,
         for k, s in enumerate(segments):
             if 0 < done <= len(s):  # resuming: each segment's last stored frame and its input
                 previous_in[k], previous_out[k] = next(readers[k]), files.load(k, s.first + done - 1)
-        ended: set[int] = set()  # segments whose stream ended before the length the film gave
+        # Segments whose stream ended before the length the film gave, or broke.
+        ended: set[int] = set()
         for i in range(done, max(len(s) for s in segments)):
             if stop_requested():
                 raise StopRequested
             frames = {}
             for k, s in enumerate(segments):
-                frame = next(readers[k], None) if i < len(s) and k not in ended else None
+                if i >= len(s) or k in ended:
+                    continue
+                try:
+                    frame = next(readers[k], None)
+                except video_io.BrokenStream as e:  # the others still stylize their frames
+                    frame, broken = None, e
                 if frame is None:
                     ended.add(k)
                 else:
