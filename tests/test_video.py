@@ -358,6 +358,24 @@ def test_segments_on_one_device_join_without_a_seam(capsys, film, per_frame, ker
     assert errors[0] < alone / 10 and errors[-1] < alone / 10  # each segment is stable inside
 
 
+def test_a_film_of_unknown_length_runs_whole_where_segments_would_be_the_default(
+        capsys, keras_safetensors, tmp_path, monkeypatch):
+    """An MKV lists no frame count, which segments need: on a machine of several devices (two,
+    emulated) the default runs it as one segment read to its end; asking for segments is one
+    line."""
+    from jaxstyle.cli import video as video_cli
+
+    mkv = make_film(tmp_path / "pan.mkv", pan_frames(4), audio=False)
+    assert video_io.probe(mkv).num_frames is None
+    monkeypatch.setattr(video_cli, "_default_segments", lambda: 2)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, *video_args(mkv, keras_safetensors, out))
+    assert code == 0, err
+    assert read_folder(out).shape == (4, FH, FW, 3)
+    code, _, err = run(capsys, *video_args(mkv, keras_safetensors, tmp_path / "o2", "--segments", 2))
+    assert code == 1 and "--segments 1" in err and len(err.strip().splitlines()) == 1, err
+
+
 # ----------------------------------------------------------------------------------------------
 # Long and broken films.
 

@@ -71,8 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "flickers: for comparison)")
     g.add_argument("--segments", type=positive(int), metavar="N",
                    help="cut the film into N segments stylized side by side as one batch, each "
-                        "in order inside, split over the devices (default: one per device; on "
-                        "one device segments bring no speed)")
+                        "in order inside, split over the devices (default: one per device, or one "
+                        "for a film that lists no frame count; on one device segments bring no "
+                        "speed)")
     g.add_argument("--overlap", type=non_negative_int, default=DEFAULT_OVERLAP, metavar="V",
                    help="frames each segment after the first also stylizes before its start, "
                         f"cross-faded with its neighbour's (default {DEFAULT_OVERLAP})")
@@ -115,7 +116,8 @@ def film_job(args: argparse.Namespace) -> film.FilmJob:
                             "on the short side: raise --image-size")
     inputs.check_guidance_flags(args, cfg, has_content=True)
     check_memory(cfg, height, width, num_styles=len(args.style))
-    num_segments = args.segments or _default_segments()
+    # Default: one segment a device; a film that does not say its length (often MKV) runs whole.
+    num_segments = args.segments or (_default_segments() if info.num_frames is not None else 1)
     if num_segments > 1 and info.num_frames is None:
         raise JaxstyleError(f"'{source}' does not say how many frames it holds, which segments "
                             "need; use --segments 1")
