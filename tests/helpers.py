@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -93,3 +95,41 @@ def cache_events_of_cli(*argv) -> tuple[int, int]:
     assert done.returncode == 0, done.stderr[-3000:]
     words = done.stdout.split()
     return int(words[words.index("hits") + 1]), int(words[words.index("misses") + 1])
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+# Runs the CLI with a Ctrl-C (SIGINT from a timer thread) delivered while XLA compiles: the first
+# compile that lasts over 0.2 s gets one, then a second one 0.2 s later if asked.
+_CTRL_C_DURING_COMPILE = textwrap.dedent("""
+    import os, signal, sys, threading
+    from jax._src import compiler
+    real, presses = compiler.backend_compile_and_load, int(os.environ["CTRL_C_PRESSES"])
+    sent = []
+    def press():
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        if len(sent) < presses:
+            threading.Timer(0.2, press).start()
+    def compile_with_ctrl_c(*args, **kwargs):
+        timer = threading.Timer(0.2, press)
+        if not sent:
+            timer.start()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            timer.cancel()
+    compiler.backend_compile_and_load = compile_with_ctrl_c
+    from jaxstyle import cli
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def run_with_ctrl_c(argv, presses: int) -> subprocess.CompletedProcess:
+    """`jaxstyle *argv` in a fresh process that gets ``presses`` Ctrl-Cs while XLA compiles."""
+    # No compilation cache: a cached program would load without compiling.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(JAX_PLATFORMS="cpu", JAXSTYLE_COMPILE_CACHE="0", CTRL_C_PRESSES=str(presses),
+               PYTHONPATH=os.pathsep.join([str(REPOSITORY), env.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", _CTRL_C_DURING_COMPILE, *map(str, argv)],
+                          env=env, capture_output=True, text=True, timeout=120)

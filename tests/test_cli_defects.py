@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import jax
@@ -17,7 +14,7 @@ import pytest
 from PIL import Image
 
 from helpers import run_cli as run
-from helpers import assert_one_line_error, write_random_image
+from helpers import assert_one_line_error, run_with_ctrl_c, write_random_image
 from jaxstyle import cli, config, netfile
 from jaxstyle import stylize as stylize_lib
 from jaxstyle.cli import stylize as stylize_cli
@@ -25,7 +22,6 @@ from jaxstyle.cli import train as train_cli
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.models import transformer
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--image-size", 64, "--num-iterations", 2, "-q"]
 # The smallest network and schedule: a test about flags should not wait for VGG's deep layers.
 SMALL = [*FAST, "--num-scales", 1, "--optimizer", "adam", "--style-layers", "relu1_1,relu2_1",
@@ -182,46 +178,11 @@ def test_a_damaged_resume_checkpoint_is_one_line(capsys, tmp_path, images, keras
     assert checkpoint.exists() and not out.exists()
 
 
-# Runs the CLI with a Ctrl-C (SIGINT from a timer thread) delivered while XLA compiles: the first
-# compile that lasts over 0.2 s gets one, then a second one 0.2 s later if asked.
-_CTRL_C_DURING_COMPILE = textwrap.dedent("""
-    import os, signal, sys, threading
-    from jax._src import compiler
-    real, presses = compiler.backend_compile_and_load, int(os.environ["CTRL_C_PRESSES"])
-    sent = []
-    def press():
-        sent.append(1)
-        os.kill(os.getpid(), signal.SIGINT)
-        if len(sent) < presses:
-            threading.Timer(0.2, press).start()
-    def compile_with_ctrl_c(*args, **kwargs):
-        timer = threading.Timer(0.2, press)
-        if not sent:
-            timer.start()
-        try:
-            return real(*args, **kwargs)
-        finally:
-            timer.cancel()
-    compiler.backend_compile_and_load = compile_with_ctrl_c
-    from jaxstyle import cli
-    sys.exit(cli.main(sys.argv[1:]))
-""")
-
-
-def _run_with_ctrl_c(argv, presses: int) -> subprocess.CompletedProcess:
-    # No compilation cache: a cached program would load without compiling.
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env.update(JAX_PLATFORMS="cpu", JAXSTYLE_COMPILE_CACHE="0", CTRL_C_PRESSES=str(presses),
-               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-c", _CTRL_C_DURING_COMPILE, *map(str, argv)],
-                          env=env, capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.slow
 def test_ctrl_c_during_the_first_compile_exits_130(tmp_path, images, keras_safetensors):
     # Two tries: Python torn down under a compile still running crashed in two of three.
     for attempt in range(2):
-        done = _run_with_ctrl_c(stylize(images, keras_safetensors, tmp_path / f"o{attempt}.png",
+        done = run_with_ctrl_c(stylize(images, keras_safetensors, tmp_path / f"o{attempt}.png",
                                         "--num-iterations", 50, "--image-size", 48), presses=1)
         assert done.returncode == cli.EXIT_INTERRUPTED, (attempt, done.returncode, done.stderr)
         lines = done.stderr.strip().splitlines()
@@ -235,7 +196,7 @@ def test_double_ctrl_c_in_train_exits_130_in_one_line(tmp_path, keras_safetensor
         write_random_image(data / f"{i}.png", (20, 20), i)
     style = write_random_image(tmp_path / "style.png", (20, 20), 9)
     net = tmp_path / "net.safetensors"
-    done = _run_with_ctrl_c(["train", style, "--data", data, "--weights", keras_safetensors,
+    done = run_with_ctrl_c(["train", style, "--data", data, "--weights", keras_safetensors,
                              "-o", net, "--steps", 1000, *TRAIN_TINY], presses=2)
     assert done.returncode == cli.EXIT_INTERRUPTED, (done.returncode, done.stderr)
     lines = done.stderr.strip().splitlines()

@@ -249,6 +249,23 @@ def test_a_run_that_failed_before_its_first_frame_leaves_nothing_in_the_way(
 
 
 
+@pytest.mark.slow
+def test_ctrl_c_during_the_first_compile_keeps_the_run_resumable(film, keras_safetensors, tmp_path):
+    """A Ctrl-C while XLA compiles the first frame's program stops at the end of its chunk (the
+    pipeline's stop request), never inside the compile: exit 130, one line, and the folder that
+    --resume continues from."""
+    from helpers import run_with_ctrl_c
+
+    out = tmp_path / "out"
+    done = run_with_ctrl_c(video_args(film, keras_safetensors, out, "--num-iterations", 50),
+                           presses=1)
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxstyle: interrupted; kept 0 finished"), \
+        done.stderr
+    assert "--resume" in lines[0] and (Path(str(out) + ".frames") / "settings.json").exists()
+
+
 def test_bad_inputs_are_one_line(capsys, film, keras_safetensors, tmp_path, monkeypatch):
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("not a film")
