@@ -419,3 +419,22 @@ def test_apply_one_input_into_a_folder_writes_its_stem(capsys, tmp_path, images,
     code, _, err = run(capsys, "apply", net_file, images["content"], "-o", target, "-q")
     assert code == 0, err
     assert sorted(p.name for p in folder.iterdir()) == ["content.png"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_apply_compiles_keeps_the_images_written(tmp_path):
+    """`jaxstyle apply` on a folder, one image a batch, Ctrl-C while the first batch compiles: the
+    batch in flight is written, the rest is not, one line says so, exit 130."""
+    params = jax.tree.map(np.asarray, transformer.init(jax.random.key(0), 0.25))
+    net = netfile.save(tmp_path / "net.safetensors", netfile.Net(params, 0.25, ("s.png",), {}, 0))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        write_random_image(photos / f"{i}.png", (20, 20), i)
+    out = tmp_path / "out"
+    done = run_with_ctrl_c(["apply", net, photos, "-o", f"{out}/", "--batch-size", 1, "-q"],
+                           presses=1)
+    assert done.returncode == cli.EXIT_INTERRUPTED, (done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "interrupted; wrote 1 of 3 image(s)" in lines[0], done.stderr
+    assert [p.name for p in out.iterdir()] == ["0.png"]

@@ -266,6 +266,27 @@ def test_ctrl_c_during_the_first_compile_keeps_the_run_resumable(film, keras_saf
     assert "--resume" in lines[0] and (Path(str(out) + ".frames") / "settings.json").exists()
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_apply_compiles_leaves_no_film(film, tmp_path):
+    """`jaxstyle apply` on a film, Ctrl-C while the network compiles: exit 130 in one line after
+    the batch in flight, and no output file (a film is written whole). Before, the interrupt
+    was raised inside the compile and the process died of SIGSEGV on its way out."""
+    import jax
+
+    from helpers import run_with_ctrl_c
+    from jaxstyle import netfile
+    from jaxstyle.models import transformer
+
+    params = jax.tree.map(np.asarray, transformer.init(jax.random.key(0), 0.25))
+    net = netfile.save(tmp_path / "net.safetensors", netfile.Net(params, 0.25, ("s.png",), {}, 0))
+    out = tmp_path / "out.mp4"
+    done = run_with_ctrl_c(["apply", net, film, "-o", out, "--batch-size", 2, "-q"], presses=1)
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxstyle: interrupted"), done.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == [net]
+
+
 def test_bad_inputs_are_one_line(capsys, film, keras_safetensors, tmp_path, monkeypatch):
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("not a film")

@@ -15,7 +15,8 @@ import numpy as np
 
 from jaxstyle import batch as batch_lib
 from jaxstyle import image_io, netfile
-from jaxstyle.cli.common import EXIT_ERROR, positive, progress_bar, warn
+from jaxstyle.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, StopRequest, positive,
+                                 progress_bar, warn)
 from jaxstyle.config import DTYPES
 from jaxstyle.errors import JaxstyleError
 from jaxstyle.files import check_outputs
@@ -77,8 +78,17 @@ def run(args: argparse.Namespace) -> int:
         raise JaxstyleError("apply needs INPUT... and -o OUTPUT (or --info)")
     if not args.quiet:  # what the network is, e.g. whether it was trained for video
         print(f"network: {netfile.describe(net)}", file=sys.stderr)
-    if len(args.inputs) == 1 and Path(args.inputs[0]).suffix.lower() in FILM_SUFFIXES:  # a film: streamed
-        return _apply_film(args, net, _stylize)
+    # Ctrl-C stops after the batch in flight: a KeyboardInterrupt raised inside an XLA compile
+    # crashed the process (SIGSEGV) on its way out.
+    stop = StopRequest()
+    with stop.on_ctrl_c():
+        if len(args.inputs) == 1 and Path(args.inputs[0]).suffix.lower() in FILM_SUFFIXES:
+            return _apply_film(args, net, _stylize, stop)  # a film: streamed
+        return _apply_images(args, net, stop)
+
+
+def _apply_images(args: argparse.Namespace, net, stop: StopRequest) -> int:
+    """Photos, or folders of them, batched by shape; each output written as its batch is done."""
     paths = image_io.collect_images(args.inputs)
     if not paths:
         raise JaxstyleError(f"no images found in {', '.join(args.inputs)}; give image files or "
@@ -99,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     size = batch_lib.padded_batch_size(args.batch_size, args.batch_size, mesh.devices.size)
     params = jax.device_put(jax.tree.map(jnp.asarray, net.params))
     skipped: list[Path] = []
+    where = targets[paths[0]] if single else out
+    done = 0
     bar = progress_bar(len(paths), "img", args.quiet, desc="apply")
 
     def load(path: Path):
@@ -138,19 +150,29 @@ def run(args: argparse.Namespace) -> int:
                     result = np.asarray(_stylize(params, stack, args.compute_dtype))
                     list(pool.map(save, [(k, result[j], loaded[k]) for j, k in enumerate(keys_i)]))
                     bar.update(len(keys_i))
+                    done += len(keys_i)
+                    if stop.requested:
+                        bar.close()
+                        print(f"jaxstyle: interrupted; wrote {done} of {len(paths)} image(s) to "
+                              f"{where}", file=sys.stderr)
+                        return EXIT_INTERRUPTED
     bar.close()
     written = len(paths) - len(skipped)
-    where = targets[paths[0]] if single else out
     print(f"wrote {written} image(s) to {where}" +
           (f"; skipped {len(skipped)}: {', '.join(map(str, skipped))}" if skipped else ""),
           file=sys.stderr if args.quiet else sys.stdout)
     return EXIT_ERROR if skipped else 0
 
 
-def _apply_film(args: argparse.Namespace, net, stylize_batch) -> int:
+class _Stopped(Exception):
+    """Ctrl-C between two batches of a film: its writer removes the unfinished file."""
+
+
+def _apply_film(args: argparse.Namespace, net, stylize_batch, stop: StopRequest) -> int:
     """``jaxstyle apply NET IN.mp4 -o OUT.mp4``: the film through a trained network, streamed in
     batches of ``--batch-size`` frames (the last padded: one compiled program), written with the
-    input's frame rate and audio, atomically. ``stylize_batch(params, images, dtype)``."""
+    input's frame rate and audio, atomically (after Ctrl-C, nothing: a film is written whole).
+    ``stylize_batch(params, images, dtype)``."""
     from jaxstyle import video_io
     from jaxstyle.models import transformer
 
@@ -168,26 +190,34 @@ def _apply_film(args: argparse.Namespace, net, stylize_batch) -> int:
     size = args.batch_size
     bar = progress_bar(info.num_frames, "frame", args.quiet, desc="apply")
     written = 0
-    with video_io.FilmWriter(output, h, w, info.frame_rate, audio_from=source) as writer:
-        def flush(batch):
-            padded = batch + [batch[0]] * (size - len(batch))
-            result = np.asarray(stylize_batch(params, np.stack(padded), args.compute_dtype))
-            for frame, image in zip(batch, result):
-                if args.original_colors:
-                    image = image_io.original_colors(image, frame)
-                writer.write(image)
-            bar.update(len(batch))
+    try:
+        with video_io.FilmWriter(output, h, w, info.frame_rate, audio_from=source) as writer:
+            def flush(batch):
+                padded = batch + [batch[0]] * (size - len(batch))
+                result = np.asarray(stylize_batch(params, np.stack(padded), args.compute_dtype))
+                for frame, image in zip(batch, result):
+                    if args.original_colors:
+                        image = image_io.original_colors(image, frame)
+                    writer.write(image)
+                bar.update(len(batch))
 
-        batch: list[np.ndarray] = []
-        for frame in video_io.read_frames(source, h, w):
-            batch.append(frame)
-            if len(batch) == size:
+            batch: list[np.ndarray] = []
+            for frame in video_io.read_frames(source, h, w):
+                batch.append(frame)
+                if len(batch) == size:
+                    flush(batch)
+                    written += len(batch)
+                    batch = []
+                    if stop.requested:
+                        raise _Stopped
+            if batch:
                 flush(batch)
                 written += len(batch)
-                batch = []
-        if batch:
-            flush(batch)
-            written += len(batch)
+    except _Stopped:
+        bar.close()
+        print(f"jaxstyle: interrupted; {output} not written (a film is written whole)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     bar.close()
     print(f"wrote {output} ({written} frames at {float(info.frame_rate):g} fps)",
           file=sys.stderr if args.quiet else sys.stdout)
