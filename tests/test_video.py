@@ -257,8 +257,7 @@ def test_ctrl_c_during_the_first_compile_keeps_the_run_resumable(film, keras_saf
     from helpers import run_with_ctrl_c
 
     out = tmp_path / "out"
-    done = run_with_ctrl_c(video_args(film, keras_safetensors, out, "--num-iterations", 50),
-                           presses=1)
+    done = run_with_ctrl_c(video_args(film, keras_safetensors, out), presses=1)
     assert done.returncode == 130, (done.returncode, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("jaxstyle: interrupted; kept 0 finished"), \
